@@ -1,0 +1,50 @@
+# Matryoshka Representation Learning: `make help` lists every target.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data test test-fast lint format reproduce-table1 train clean-logs
+
+help: ## list every target
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) data ## create .venv with the pinned dependencies and fetch the data
+
+data: ## install the embedded Fashion-MNIST (Debian's dataset-fashion-mnist) when possible
+	@if [ -f $(FMNIST) ]; then echo "Fashion-MNIST: $(dir $(FMNIST))"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) \
+	  && echo "installed dataset-fashion-mnist"; \
+	else echo "dataset-fashion-mnist not installed: torchvision will download Fashion-MNIST"; fi
+
+test: setup ## run the whole test suite (unit + integration on real data)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP) ## unit tests only (no training runs)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP) ## ruff lint + format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## ruff format + autofix
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+train: setup ## the default experiment: python train.py
+	$(PY) train.py
+
+reproduce-table1: setup ## train + evaluate on the default data and print the per-prefix table
+	$(PY) train.py
+
+clean-logs: ## remove logs/ (asks first)
+	@read -p "delete logs/ ? [y/N] " a && [ "$$a" = y ] && rm -rf logs/ || echo kept

@@ -1,0 +1,95 @@
+"""Run directories and result files: unique names, atomic writes, ``metrics.json``.
+
+* Run dirs are Hydra's (``hydra.run.dir`` places them); the default name carries the start
+  time and a per-process random id, so runs started in the same second never collide.
+* Every result file is written to a temporary file in the same folder, then renamed, so a
+  kill never leaves a half-written ``metrics.json``.
+* ``metrics.json`` is a flat JSON object from metric name to number (fractions in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+_RUN_ID = secrets.token_hex(3)
+
+
+def _wandb_offline() -> bool:
+    """True when W&B has no credentials (no WANDB_API_KEY, no netrc entry) or WANDB_MODE says so."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "disabled", "dryrun"):
+        return True
+    if mode == "online":
+        return False
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" not in netrc.read_text()
+    except OSError:
+        return True
+
+
+def register_resolvers() -> None:
+    """``${run_id:}`` (random per process), ``${wandb_offline:}`` for the configs."""
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID)
+    if not OmegaConf.has_resolver("wandb_offline"):
+        OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as JSON via a temporary file + rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def update_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Merge numeric ``metrics`` into the flat JSON object at ``path`` (created if absent)."""
+    path = Path(path)
+    current: dict[str, float] = {}
+    if path.exists():
+        current = json.loads(path.read_text())
+    for k, v in metrics.items():
+        v = float(v.item() if hasattr(v, "item") else v)
+        if math.isfinite(v):
+            current[str(k)] = v
+    write_json_atomic(path, current)
+    return current
+
+
+def prefix_table(metrics: Mapping[str, float], dims: list[int], names: list[str]) -> str:
+    """A plain-text table: one row per prefix, one column per metric name (``{name}@d{m}``)."""
+    header = ["dim", *names]
+    rows = [header]
+    for m in dims:
+        row = [str(m)]
+        for n in names:
+            v = metrics.get(f"{n}@d{m}")
+            row.append("-" if v is None else f"{100 * v:.2f}")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
