@@ -145,7 +145,7 @@ class MRLLitModule(pl.LightningModule):
     def configure_optimizers(self):
         cfg = self.optim_cfg
         decay, no_decay = [], []
-        for n, p in self.named_parameters():
+        for p in self.parameters():
             if not p.requires_grad:
                 continue
             if cfg["no_decay_norm_bias"] and (p.ndim <= 1):

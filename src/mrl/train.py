@@ -148,6 +148,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         wandb_name = cfg.get("run_name") or f"{module.method}-{cfg.model.name}-s{cfg.seed}"
         loggers = _instantiate_all(cfg.get("logger"), wandb={"name": wandb_name})
         callbacks = _instantiate_all(cfg.get("callbacks"))
+        if not loggers:  # a learning-rate monitor needs a logger
+            callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
         trainer: pl.Trainer = hydra.utils.instantiate(
             cfg.trainer, logger=loggers or False, callbacks=callbacks, _convert_="partial"
         )

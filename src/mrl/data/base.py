@@ -1,0 +1,274 @@
+"""Shared base for the image-classification datamodules.
+
+Every datamodule exposes, right after construction (before :meth:`setup`):
+
+* ``name`` (str), ``num_classes`` (int), ``in_chans`` (int), ``img_size`` (int);
+* :meth:`MRLDataModule.set_data_config` taking timm's resolved data config
+  (``timm.data.resolve_data_config(model=model)``) so that the large-image datasets build their
+  transforms with ``timm.data.create_transform`` (the model's size, mean, std, interpolation and
+  crop_pct, nothing hard-coded);
+* ``train_dataloader`` (shuffled), ``val_dataloader``, ``test_dataloader`` and
+  ``train_eval_dataloader`` (the training split with eval transforms, in a fixed order: for
+  extracting embeddings of the database side of retrieval).
+
+Splits
+------
+``val_size`` (an int count, or a float fraction of the training set) is carved out of the
+official training set with a permutation seeded by ``seed``; the validation split therefore
+depends only on ``(seed, val_size)`` and not on ``subset``. ``subset=N`` keeps the first ``N``
+items of a seeded permutation of the remaining training items (``test_subset`` likewise for the
+test split), for fast runs; a subset larger than the split keeps the whole split. With
+``val_size=0`` there is no validation split and :meth:`val_dataloader` returns ``[]``
+(Lightning then skips validation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from mrl.errors import MRLError
+
+SPLITS = ("train", "val", "test", "train_eval")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, minimum: int, *, allow_none: bool = False) -> int | None:
+    """``value`` as an int >= ``minimum`` or an :class:`MRLError` naming ``name``."""
+    if value is None and allow_none:
+        return None
+    if not _is_int(value) or value < minimum:
+        extra = " or None" if allow_none else ""
+        raise MRLError(f"{name}={value!r} is invalid; use an integer >= {minimum}{extra}")
+    return int(value)
+
+
+def check_val_size(value: Any) -> int | float:
+    """An int count >= 0 or a float fraction in (0, 1)."""
+    if _is_int(value) and value >= 0:
+        return int(value)
+    if isinstance(value, float) and 0.0 < value < 1.0:
+        return float(value)
+    if isinstance(value, float) and value == 0.0:
+        return 0
+    raise MRLError(
+        f"val_size={value!r} is invalid; use an integer count >= 0 or a fraction in (0, 1) "
+        "of the training set"
+    )
+
+
+def resolve_count(val_size: int | float, n_train: int, dataset: str) -> int:
+    """Number of validation items for ``val_size`` out of ``n_train`` (at least one left)."""
+    n_val = int(round(val_size * n_train)) if isinstance(val_size, float) else int(val_size)
+    if n_val >= n_train:
+        raise MRLError(
+            f"val_size={val_size!r} leaves no training images: {dataset} has {n_train}; use "
+            f"0 <= val_size < {n_train} or a fraction in (0, 1)"
+        )
+    return n_val
+
+
+def seeded_permutation(n: int, seed: int, stream: int) -> np.ndarray:
+    """A permutation of ``range(n)`` fixed by ``(seed, stream)`` (independent of global RNG)."""
+    return np.random.default_rng([seed, stream]).permutation(n)
+
+
+def take_subset(indices: np.ndarray, subset: int | None, seed: int, stream: int) -> np.ndarray:
+    """The first ``subset`` items of a seeded permutation of ``indices``, sorted."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if subset is None or subset >= len(indices):
+        return indices
+    picked = indices[seeded_permutation(len(indices), seed, stream)[:subset]]
+    return np.sort(picked)
+
+
+def channel_stats(values: Sequence[float], in_chans: int, what: str) -> tuple[float, ...]:
+    """Adapt a mean/std tuple to ``in_chans`` channels (3 -> 1 averages, 1 -> n repeats)."""
+    values = tuple(float(v) for v in values)
+    if len(values) == in_chans:
+        return values
+    if len(values) == 1:
+        return values * in_chans
+    if in_chans == 1:
+        return (sum(values) / len(values),)
+    raise MRLError(
+        f"data config {what}={values!r} has {len(values)} channels but the dataset has "
+        f"{in_chans}; give {in_chans} values or one"
+    )
+
+
+class MRLDataModule(pl.LightningDataModule):
+    """Base class: argument checks, seeded splits, the dataloaders and the data-config hook.
+
+    Subclasses set ``name``, ``num_classes``, ``in_chans``, ``img_size`` in ``__init__`` and
+    implement :meth:`_load` (read the data once; may download in :meth:`prepare_data`) and
+    :meth:`_make_datasets` (the four split datasets with the current transforms).
+    """
+
+    name: str = "base"
+    num_classes: int
+    in_chans: int
+    img_size: int
+
+    def __init__(
+        self,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_size: int | float = 5000,
+        seed: int = 0,
+        subset: int | None = None,
+        test_subset: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        eval_bs = check_int("eval_batch_size", eval_batch_size, 1, allow_none=True)
+        self.eval_batch_size = self.batch_size if eval_bs is None else eval_bs
+        self.num_workers = check_int("num_workers", num_workers, 0)
+        self.val_size = check_val_size(val_size)
+        self.seed = check_int("seed", seed, 0)
+        self.subset = check_int("subset", subset, 1, allow_none=True)
+        self.test_subset = check_int("test_subset", test_subset, 1, allow_none=True)
+        if not isinstance(pin_memory, bool):
+            raise MRLError(f"pin_memory={pin_memory!r} is invalid; use true or false")
+        self.pin_memory = pin_memory
+        self.data_config: dict[str, Any] | None = None
+        self._loaded = False
+        self._datasets: dict[str, Dataset | None] | None = None
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _load(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _make_datasets(self) -> dict[str, Dataset | None]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _on_data_config(self, cfg: dict[str, Any]) -> None:
+        """React to a new data config (default: adopt its image size)."""
+        self.img_size = int(cfg["input_size"][-1])
+
+    # ------------------------------------------------------------------ public API
+    def set_data_config(self, cfg: Mapping[str, Any]) -> None:
+        """Use timm's resolved data config (input_size, mean, std, interpolation, crop_pct).
+
+        The large-image datasets build their transforms from it with
+        ``timm.data.create_transform(**cfg, is_training=...)`` and adopt its image size. The
+        number of channels always comes from the dataset (``in_chans``); mean/std are adapted
+        to it. May be called before or after :meth:`setup`.
+        """
+        if not isinstance(cfg, Mapping) or "input_size" not in cfg:
+            raise MRLError(
+                f"data config {cfg!r} is invalid; pass timm.data.resolve_data_config(model=...) "
+                "output (a dict with input_size, mean, std, interpolation, crop_pct)"
+            )
+        cfg = dict(cfg)
+        size = cfg["input_size"]
+        if _is_int(size):
+            size = (self.in_chans, int(size), int(size))
+        if (
+            not isinstance(size, Sequence)
+            or len(size) not in (2, 3)
+            or not all(_is_int(s) and s >= 1 for s in size)
+        ):
+            raise MRLError(
+                f"data config input_size={cfg['input_size']!r} is invalid; use (C, H, W) with "
+                "positive integers"
+            )
+        size = tuple(int(s) for s in size)[-2:]
+        cfg["input_size"] = (self.in_chans, *size)
+        for key in ("mean", "std"):
+            if key in cfg and cfg[key] is not None:
+                cfg[key] = channel_stats(cfg[key], self.in_chans, key)
+        self.data_config = cfg
+        self._on_data_config(cfg)
+        self._datasets = None  # rebuilt with the new transforms on next use
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self._loaded:
+            self._load()
+            self._loaded = True
+        if self._datasets is None:
+            self._datasets = self._make_datasets()
+
+    def dataset(self, split: str) -> Dataset | None:
+        """The dataset behind a split (``train``, ``val``, ``test``, ``train_eval``)."""
+        if split not in SPLITS:
+            raise MRLError(f"split={split!r} is invalid; use one of {', '.join(SPLITS)}")
+        self.setup()
+        assert self._datasets is not None
+        return self._datasets.get(split)
+
+    def split_sizes(self) -> dict[str, int]:
+        """Number of items in train / val / test."""
+        return {
+            s: (0 if (d := self.dataset(s)) is None else len(d))  # type: ignore[arg-type]
+            for s in ("train", "val", "test")
+        }
+
+    def collate_fn(self, split: str):
+        """Collate function for a split (default: torch's default collate)."""
+        return None
+
+    def _loader(self, split: str, *, shuffle: bool, batch_size: int) -> DataLoader:
+        ds = self.dataset(split)
+        if ds is None:
+            raise MRLError(f"{self.name} has no {split} split")
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate_fn(split),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True, batch_size=self.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.dataset("val") is None:
+            return []
+        return self._loader("val", shuffle=False, batch_size=self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False, batch_size=self.eval_batch_size)
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """The training split with eval transforms and no shuffling (embedding extraction)."""
+        return self._loader("train_eval", shuffle=False, batch_size=self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    # ------------------------------------------------------------------ split helpers
+    def _train_val_indices(self, n_train: int) -> tuple[np.ndarray, np.ndarray]:
+        """Seeded ``(train, val)`` index arrays over the official training set (sorted)."""
+        n_val = resolve_count(self.val_size, n_train, self.name)
+        perm = seeded_permutation(n_train, self.seed, 0)
+        val = np.sort(perm[:n_val])
+        train = np.sort(perm[n_val:])
+        return take_subset(train, self.subset, self.seed, 1), val
+
+    def _test_indices(self, n_test: int) -> np.ndarray:
+        return take_subset(np.arange(n_test), self.test_subset, self.seed, 2)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "
+            f"in_chans={self.in_chans}, img_size={self.img_size}, batch_size={self.batch_size})"
+        )
+
+
+def fraction_ok(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,136 @@
+"""Training from the real configs on real Fashion-MNIST (subsets, so the suite stays fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mrl_test_utils import run_cli
+from mrl.train import train
+
+FAST = ("debug=fast_dev_run", "data.batch_size=8", "data.subset=64", "data.val_size=16")
+
+
+@pytest.mark.slow
+def test_short_run_beats_chance_at_every_prefix(cfg_factory):
+    cfg = cfg_factory(
+        "logger=csv",
+        "trainer.max_epochs=1",
+        "data.subset=4000",
+        "data.val_size=500",
+        "data.batch_size=64",
+        "+trainer.limit_test_batches=40",
+    )
+    metrics = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "csv" / "metrics.csv").is_file()
+    dims = [8, 16, 32, 64, 128, 256, 512]
+    for m in dims:
+        assert 0.45 < metrics[f"test/top1@d{m}"] <= 1.0, (m, metrics)  # chance is 0.10
+        assert 0 <= metrics[f"test/top5@d{m}"] <= 1.0
+        assert f"train/loss@d{m}" in metrics
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "completed" and run["method"] == "MRL" and run["dims"] == dims
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet50", "vit_b16", "vit_s16"])
+@pytest.mark.parametrize("method", ["mrl", "mrl_e", "ff"])
+def test_fast_dev_run_every_model_and_method(cfg_factory, model, method):
+    cfg = cfg_factory(f"model={model}", f"method={method}", *FAST)
+    metrics = train(cfg)
+    width = {"resnet18": 512, "resnet50": 2048, "vit_b16": 768, "vit_s16": 384}[model]
+    run = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())
+    if method == "ff":
+        assert run["method"] == f"FF-{width}" and run["dims"] == [width]
+    else:
+        assert run["method"] == ("MRL-E" if method == "mrl_e" else "MRL")
+        assert run["dims"][-1] == width and run["dims"][0] in (8, 12)
+    assert set(metrics) >= {f"test/top1@d{m}" for m in run["dims"]}
+
+
+def test_ff_k_reads_only_first_k(cfg_factory):
+    cfg = cfg_factory("method=ff", "mrl.ff_dim=32", *FAST)
+    train(cfg)
+    run = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())
+    assert run["method"] == "FF-32" and run["dims"] == [32]
+
+
+def test_cli_vit_with_projection_to_2048(tmp_path):
+    r = run_cli(
+        "train.py",
+        "model=vit_b16",
+        "mrl.dims=[8,16,...,2048]",
+        *FAST,
+        f"hydra.run.dir={tmp_path}/vit",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "adding a linear projection 768 -> 2048" in r.stdout + r.stderr
+    metrics = json.loads((tmp_path / "vit" / "metrics.json").read_text())
+    assert {f"test/top1@d{m}" for m in (8, 16, 32, 64, 128, 256, 512, 1024, 2048)} <= set(metrics)
+    assert (tmp_path / "vit" / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("mrl.dims=[8,16,...,100]", "cannot reach 100"),
+        ("mrl.dims=[]", "is empty"),
+        ("mrl.dims=[16,8]", "strictly increasing"),
+        ("mrl.dims=[8,8,16]", "duplicate"),
+        ("mrl.dims=[0,8]", "not a positive"),
+        ("mrl.weights=[1,2]", "one weight per dim"),
+        ("model.name=resnet_does_not_exist", "is not a timm model"),
+        ("optim.lr=-1", "optim.lr=-1"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0"),
+        ("data.batch_size=0", "batch_size"),
+    ],
+)
+def test_cli_bad_input_is_one_line_error(tmp_path, override, fragment):
+    r = run_cli("train.py", override, "logger=csv", f"hydra.run.dir={tmp_path}/bad")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
+def test_multirun_two_jobs_separate_dirs_and_wandb_runs(tmp_path):
+    r = run_cli(
+        "train.py",
+        "-m",
+        "mrl.efficient=false,true",
+        "data.batch_size=8",
+        "data.subset=64",
+        "data.val_size=16",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        env={"WANDB_MODE": "offline"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = sorted((tmp_path / "sweep").glob("[0-9]*"))
+    assert [p.name for p in runs] == ["0", "1"]
+    methods = [json.loads((p / "run.json").read_text())["method"] for p in runs]
+    assert methods == ["MRL", "MRL-E"]
+    wandb_ids = set()
+    for p in runs:
+        assert "test/top1@d512" in json.loads((p / "metrics.json").read_text())
+        assert (p / "checkpoints" / "last.ckpt").is_file()
+        offline = list((p / "wandb").glob("offline-run-*"))
+        assert len(offline) == 1, list((p / "wandb").iterdir())
+        wandb_ids.add(offline[0].name.rsplit("-", 1)[-1])
+    assert len(wandb_ids) == 2
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path):
+    out = tmp_path / "keep"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"precious")
+    r = run_cli("train.py", *FAST, f"hydra.run.dir={out}")
+    assert r.returncode == 2 and "ckpt_path=last" in r.stderr
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == b"precious"
