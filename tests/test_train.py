@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mrl_test_utils import run_cli
 from mrl.train import train
+from mrl_test_utils import run_cli
 
 FAST = ("debug=fast_dev_run", "data.batch_size=8", "data.subset=64", "data.val_size=16")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mrl_data_helpers import CLASSES, encoded_images, save_images, write_idx
 
 

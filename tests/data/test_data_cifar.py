@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mrl_data_helpers import make_cifar
 
 from mrl.data import DATAMODULES, CIFAR100DataModule, CIFARDataModule, build_datamodule
 from mrl.errors import MRLError
+from mrl_data_helpers import make_cifar
 
 
 def test_cifar10_tensor_pipeline(tmp_path):

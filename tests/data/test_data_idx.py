@@ -6,10 +6,10 @@ import gzip
 
 import numpy as np
 import pytest
-from mrl_data_helpers import write_idx
 
 from mrl.data import read_idx
 from mrl.errors import MRLError
+from mrl_data_helpers import write_idx
 
 
 @pytest.mark.parametrize("gz", [True, False])

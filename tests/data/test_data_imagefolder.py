@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 import torch
-from mrl_data_helpers import CLASSES, save_images
 
 from mrl.data import ImageFolderDataModule, ImageNetDataModule
 from mrl.errors import MRLError
+from mrl_data_helpers import CLASSES, save_images
 
 
 def n_items(loader) -> int:
