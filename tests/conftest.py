@@ -17,3 +17,23 @@ def cfg_factory(tmp_path):
         return compose_cfg(name, tmp_path / "run", *overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One short real training run (MRL, ResNet-18, 4000 Fashion-MNIST images, 1 epoch),
+    shared by the training and evaluation tests. Returns (run dir, metrics)."""
+    from mrl.train import train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    cfg = compose_cfg(
+        "train",
+        out,
+        "logger=csv",
+        "trainer.max_epochs=1",
+        "data.subset=4000",
+        "data.val_size=500",
+        "data.batch_size=64",
+        "+trainer.limit_test_batches=16",
+    )
+    return out, train(cfg)

@@ -14,17 +14,8 @@ FAST = ("debug=fast_dev_run", "data.batch_size=8", "data.subset=64", "data.val_s
 
 
 @pytest.mark.slow
-def test_short_run_beats_chance_at_every_prefix(cfg_factory):
-    cfg = cfg_factory(
-        "logger=csv",
-        "trainer.max_epochs=1",
-        "data.subset=4000",
-        "data.val_size=500",
-        "data.batch_size=64",
-        "+trainer.limit_test_batches=40",
-    )
-    metrics = train(cfg)
-    out = Path(cfg.paths.output_dir)
+def test_short_run_beats_chance_at_every_prefix(trained_run):
+    out, metrics = trained_run
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert (out / "csv" / "metrics.csv").is_file()

@@ -1,0 +1,69 @@
+"""Lightning callbacks: run the MRL evaluators at the end of training (or every N epochs)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from mrl.evaluate import evaluate_run
+
+
+class MRLEvalCallback(pl.Callback):
+    """Embed every split once and run the evaluators (see :mod:`mrl.evaluate`).
+
+    Args:
+        evaluators: names (default settings) or ``{name: settings}``.
+        every_n_epochs: also evaluate after every N-th epoch (``None``: only at the end).
+        extra_dims: untrained prefixes to evaluate too.
+        out_dir: where ``metrics.json``, ``embeddings.npz`` and plots go (default: the
+            trainer's ``default_root_dir``, i.e. the run dir).
+    """
+
+    def __init__(
+        self,
+        evaluators: Sequence[str] | Mapping[str, Any] = ("linear", "knn", "retrieval"),
+        every_n_epochs: int | None = None,
+        extra_dims: Sequence[int] = (),
+        out_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(evaluators, Mapping):
+            self.evaluators = {k: dict(v or {}) for k, v in evaluators.items()}
+        else:
+            self.evaluators = {k: {} for k in evaluators}
+        self.every_n_epochs = every_n_epochs
+        self.extra_dims = list(extra_dims)
+        self.out_dir = out_dir
+        self.last_metrics: dict[str, float] = {}
+
+    def _run(self, trainer: pl.Trainer, module, tag: str) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        out = Path(self.out_dir or trainer.default_root_dir)
+        metrics = evaluate_run(
+            module,
+            trainer.datamodule,
+            self.evaluators,
+            out,
+            meta={"tag": tag},
+            extra_dims=self.extra_dims,
+            device=module.device,
+            use_cache=False,
+            loggers=trainer.loggers,
+            title=f"{module.method} {tag}",
+        )
+        self.last_metrics = metrics
+        for lg in trainer.loggers:
+            lg.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        n = self.every_n_epochs
+        if n and (trainer.current_epoch + 1) % n == 0 and not trainer.fast_dev_run:
+            if trainer.current_epoch + 1 < (trainer.max_epochs or 0):
+                self._run(trainer, pl_module, f"epoch {trainer.current_epoch + 1}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._run(trainer, pl_module, "final")

@@ -1,0 +1,139 @@
+"""End-to-end evaluation of a short real training run: every evaluator, every prefix."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from mrl import MRLError
+from mrl.evaluate import EVALUATORS, load_embeddings, load_module
+from mrl_test_utils import compose_cfg, run_cli
+
+DIMS = [8, 16, 32, 64, 128, 256, 512]
+EXTRA = [12, 24, 48]
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run, tmp_path_factory):
+    from mrl.evaluate import eval_task
+
+    run_dir, _ = trained_run
+    out = tmp_path_factory.mktemp("eval") / "run"
+    cfg = compose_cfg(
+        "eval",
+        out,
+        f"ckpt_path={run_dir}/checkpoints/last.ckpt",
+        "logger=csv",
+        f"extra_dims={EXTRA}",
+        "data_overrides.test_subset=1000",
+        "eval.fewshot.episodes=50",
+        "eval.probe.epochs=5",
+    )
+    return out, eval_task(cfg)
+
+
+@pytest.mark.slow
+def test_every_evaluator_writes_every_prefix(evaluated):
+    out, metrics = evaluated
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
+    all_dims = sorted(DIMS + EXTRA)
+    for m in all_dims:
+        keys = [
+            f"probe/top1@d{m}",
+            f"knn/top1@d{m}",
+            f"knn/top1_k20@d{m}",
+            f"fewshot/10way1shot@d{m}",
+            f"fewshot/10way5shot@d{m}",
+        ]
+        keys += [f"retrieval/{n}@{k}@d{m}" for n in ("P", "mAP", "R") for k in (10, 25, 50, 100)]
+        for k in keys:
+            assert 0.0 <= metrics[k] <= 1.0, k
+    for m in DIMS:  # trained heads exist only for trained prefixes
+        assert 0.0 <= metrics[f"linear/top1@d{m}"] <= 1.0
+    assert "linear/top1@d12" not in metrics
+    for k in ("adaptive_cls/top1", "adaptive_ret/mAP@10", "adaptive_ret/exact_mAP@10"):
+        assert 0.0 <= metrics[k] <= 1.0
+    assert 8 <= metrics["adaptive_cls/expected_dim"] <= 512
+    assert metrics["adaptive_ret/flops_ratio"] > 1
+
+
+@pytest.mark.slow
+def test_metrics_beat_chance_and_grow_with_prefix(evaluated):
+    _, metrics = evaluated
+    for m in DIMS:
+        assert metrics[f"knn/top1@d{m}"] > 0.4, m  # chance is 0.1
+        assert metrics[f"probe/top1@d{m}"] > 0.4, m
+    for name in ("knn/top1", "probe/top1", "retrieval/mAP@10", "linear/top1"):
+        assert metrics[f"{name}@d512"] >= metrics[f"{name}@d8"] - 0.01, name
+
+
+@pytest.mark.slow
+def test_cache_plot_and_sidecar(evaluated):
+    out, _ = evaluated
+    arrays = load_embeddings(out / "embeddings.npz")
+    assert arrays["train_x"].dtype == np.float32 and arrays["train_x"].shape[1] == 512
+    assert arrays["test_x"].shape == (1000, 512) and arrays["test_y"].dtype == np.int64
+    assert not np.allclose(np.linalg.norm(arrays["test_x"], axis=1), 1.0)  # not normalised
+    side = json.loads((out / "embeddings.json").read_text())
+    assert side["ckpt"].endswith("last.ckpt") and side["ckpt_fingerprint"]
+    assert (out / "plots" / "metric_vs_dim.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_cli_subset_of_evaluators_reuses_cache(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    args = [
+        "eval.py",
+        f"ckpt_path={run_dir}/checkpoints/last.ckpt",
+        "eval=[knn,retrieval]",
+        "logger=csv",
+        "data_overrides.test_subset=300",
+        f"hydra.run.dir={tmp_path}/e",
+    ]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert {k.split("/")[0] for k in metrics} == {"knn", "retrieval"}
+    timing = json.loads((tmp_path / "e" / "eval_timing.json").read_text())
+    assert timing["embeddings_reused"] is False
+    r2 = run_cli(*args[:-1], f"hydra.run.dir={tmp_path}/e", "eval=[knn]")
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert json.loads((tmp_path / "e" / "eval_timing.json").read_text())["embeddings_reused"]
+
+
+def test_unknown_evaluator_and_missing_inputs(tmp_path):
+    r = run_cli(
+        "eval.py",
+        f"embeddings={tmp_path}/none.npz",
+        "logger=csv",
+        "eval=[knn]",
+        f"hydra.run.dir={tmp_path}/x",
+    )
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli(
+        "eval.py", f"ckpt_path={tmp_path}/missing.ckpt", "logger=csv", f"hydra.run.dir={tmp_path}/y"
+    )
+    assert r.returncode == 2 and "is not a file" in r.stderr
+    from mrl.evaluate import run_evaluators
+
+    with pytest.raises(MRLError, match="unknown evaluator"):
+        run_evaluators({"train_x": 0, "train_y": 0, "test_x": 0, "test_y": 0}, {"knnn": {}}, [8], 2)
+    assert set(EVALUATORS) >= {"linear", "probe", "knn", "retrieval", "fewshot"}
+
+
+def test_crafted_pickle_checkpoint_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.ckpt"
+    bad.write_bytes(pickle.dumps({"state_dict": Evil(), "hyper_parameters": {}}))
+    with pytest.raises(MRLError, match="cannot be loaded safely"):
+        load_module(bad)
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"\x00garbage")
+    with pytest.raises(MRLError, match="cannot be loaded safely"):
+        load_module(corrupt)
