@@ -1,0 +1,359 @@
+"""Adaptive classification (a confidence cascade) and adaptive (funnel) retrieval.
+
+Adaptive classification
+-----------------------
+* Inputs are per-prefix logits ``{m: (n, C)}`` from the MRL heads (raw slices), on a held-out
+  *calibration* split and on the test split.
+* Cascade: visit prefixes from the smallest upward; at prefix ``m`` answer with its argmax
+  when its max softmax probability is ``>= t_m``; the largest prefix always answers.
+* Threshold rule (:func:`learn_thresholds`), for a target precision ``p``: at each prefix
+  ``t_m`` is the *smallest* threshold for which the calibration samples it accepts
+  (all calibration samples with confidence ``>= t_m`` at that prefix, independently of the
+  other prefixes) are correct at a rate ``>= p``; ``inf`` (never stop there) if none does.
+  The headline operating point uses ``p`` = calibration accuracy of the largest prefix.
+* ``expected_dim`` is the mean size of the answering prefix over test items, in raw dims
+  (a larger prefix contains the smaller ones, so this is the embedding size read; the
+  small heads' extra cost is ignored, as in the paper).
+* The curve sweeps ``p`` and adds the "always the largest prefix" point; ``dim_to_match`` is
+  the smallest expected dim on the curve whose *test* top-1 is within ``target_tolerance``
+  of the largest prefix's test top-1 (a reporting statistic, as the paper's, chosen on test).
+
+Adaptive retrieval
+------------------
+* Every stage ``(dim, keep)`` of a funnel scores candidates by cosine on the sliced then
+  L2-normalised prefix. The first stage is an exact search over the whole database; each
+  later stage re-scores only the survivors of the previous one and keeps the best ``keep``.
+  The default funnel is ``[(d_shortlist, shortlist_k), (d_rerank, k)]`` (paper: 16-d
+  shortlist of 200, reranked at 2048-d).
+* Reranking gathers candidates by id inside FAISS (``IndexFlat.compute_distance_subset``),
+  not with numpy fancy indexing plus einsum (which copies ``K x D`` floats per query).
+* Compared with exact top-k search at the last stage's dim: mAP@k (the paper's /k
+  convention, :func:`mrl.eval.retrieval.map_at_k`), top-1 (1-NN label accuracy),
+  theoretical FLOPs per query (``N * D_r`` against ``N * D_1 + sum_i keep_{i-1} * D_i``) and
+  wall-clock (median over ``repeats``, same process, CPU FAISS, index building excluded,
+  query slicing and normalisation included).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import faiss
+import numpy as np
+
+from mrl.errors import MRLError
+from mrl.eval._checks import as_labels, as_matrix, positive_int
+from mrl.eval.retrieval import map_at_k
+from mrl.eval.search import search_index
+from mrl.nesting import truncate
+
+# ----------------------------------------------------------------------------- classification
+
+
+def softmax_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(max softmax probability, argmax)`` per row, computed stably in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return 1.0 / np.exp(z).sum(axis=1), z.argmax(axis=1)
+
+
+def _check_logits(logits: dict[int, np.ndarray], y: np.ndarray, name: str) -> np.ndarray:
+    if not logits:
+        raise MRLError(f"{name} is empty; pass {{m: (n, C) logits}} for every prefix")
+    n = len(next(iter(logits.values())))
+    for m, lg in logits.items():
+        if np.ndim(lg) != 2 or len(lg) != n:
+            raise MRLError(f"{name}[{m}] has shape {np.shape(lg)}; expected ({n}, num_classes)")
+    return as_labels(y, n, f"{name} labels")
+
+
+ConfPred = dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+def _conf_pred(logits: dict[int, np.ndarray]) -> ConfPred:
+    return {m: softmax_confidence(logits[m]) for m in sorted(logits)}
+
+
+def _precision_curves(calib: ConfPred, y: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per prefix: candidate thresholds (distinct confidences, decreasing) and the precision
+    of the calibration samples each one accepts."""
+    curves = {}
+    for m, (conf, pred) in calib.items():
+        order = np.argsort(-conf, kind="stable")
+        conf, correct = conf[order], pred[order] == y[order]
+        precision = np.cumsum(correct) / np.arange(1, len(conf) + 1)
+        # a threshold accepts whole groups of tied confidences: only ends of groups count
+        group_end = np.append(conf[1:] < conf[:-1], True)
+        curves[m] = conf[group_end], precision[group_end]
+    return curves
+
+
+def _thresholds(
+    curves: dict[int, tuple[np.ndarray, np.ndarray]], target: float
+) -> dict[int, float]:
+    dims = sorted(curves)
+    out = {}
+    for m in dims[:-1]:
+        conf, precision = curves[m]
+        ok = np.flatnonzero(precision >= target)
+        out[m] = float(conf[ok[-1]]) if len(ok) else float("inf")
+    out[dims[-1]] = 0.0
+    return out
+
+
+def _cascade(test: ConfPred, thresholds: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+    dims = sorted(test)
+    n = len(test[dims[0]][0])
+    pred, used = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    done = np.zeros(n, dtype=bool)
+    for m in dims:
+        conf, p = test[m]
+        take = ~done & ((conf >= thresholds[m]) | (m == dims[-1]))
+        pred[take], used[take] = p[take], m
+        done |= take
+    return pred, used
+
+
+def learn_thresholds(
+    calib_logits: dict[int, np.ndarray], calib_y: np.ndarray, target_precision: float
+) -> dict[int, float]:
+    """Per-prefix thresholds ``t_m`` reaching ``target_precision`` on the calibration split.
+
+    ``t_m`` is the smallest max-softmax value such that the calibration samples with
+    confidence ``>= t_m`` at prefix ``m`` are correct at a rate ``>= target_precision``
+    (``inf`` when no threshold does). The largest prefix gets ``0.0`` (it always answers).
+    """
+    y = _check_logits(calib_logits, calib_y, "calib_logits")
+    return _thresholds(_precision_curves(_conf_pred(calib_logits), y), target_precision)
+
+
+def cascade(
+    logits: dict[int, np.ndarray], thresholds: dict[int, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the cascade: ``(predictions, size of the answering prefix)`` per row."""
+    return _cascade(_conf_pred(logits), thresholds)
+
+
+def adaptive_classification_curve(
+    calib_logits: dict[int, np.ndarray],
+    calib_y: np.ndarray,
+    test_logits: dict[int, np.ndarray],
+    test_y: np.ndarray,
+    targets: Sequence[float] | None = None,
+) -> list[dict]:
+    """Accuracy vs expected dims over a sweep of target precisions.
+
+    Args:
+        calib_logits, calib_y: calibration split, ``{m: (n_calib, C)}`` and labels.
+        test_logits, test_y: test split, same prefixes.
+        targets: target precisions for :func:`learn_thresholds`; default 41 values evenly
+            from the smallest prefix's calibration accuracy to 1, plus the largest prefix's.
+
+    Returns:
+        One dict per operating point, sorted by ``expected_dim``: ``target_precision``,
+        ``top1`` (test, fraction), ``expected_dim`` (test, raw dims) and ``thresholds``.
+        The last point (``target_precision=inf``) always uses the largest prefix.
+    """
+    cy = _check_logits(calib_logits, calib_y, "calib_logits")
+    ty = _check_logits(test_logits, test_y, "test_logits")
+    if sorted(calib_logits) != sorted(test_logits):
+        raise MRLError(
+            f"calib prefixes {sorted(calib_logits)} differ from test prefixes {sorted(test_logits)}"
+        )
+    calib, test = _conf_pred(calib_logits), _conf_pred(test_logits)
+    curves = _precision_curves(calib, cy)
+    if targets is None:
+        acc = [float(np.mean(pred == cy)) for _, pred in calib.values()]
+        targets = [*np.linspace(acc[0], 1.0, 41), acc[-1]]
+    points = []
+    for p in [*sorted({float(t) for t in targets}), float("inf")]:
+        th = _thresholds(curves, p)
+        pred, used = _cascade(test, th)
+        points.append(
+            {
+                "target_precision": p,
+                "top1": float(np.mean(pred == ty)),
+                "expected_dim": float(used.mean()),
+                "thresholds": th,
+            }
+        )
+    return sorted(points, key=lambda pt: (pt["expected_dim"], -pt["top1"]))
+
+
+def adaptive_classification(
+    calib_logits: dict[int, np.ndarray],
+    calib_y: np.ndarray,
+    test_logits: dict[int, np.ndarray],
+    test_y: np.ndarray,
+    target_tolerance: float = 0.005,
+) -> dict[str, float]:
+    """Confidence cascade over prefixes with thresholds learnt on a calibration split.
+
+    Headline operating point: target precision = the largest prefix's calibration top-1
+    (see the module docstring for the rule).
+
+    Returns:
+        ``adaptive_cls/top1`` (test accuracy, fraction), ``adaptive_cls/expected_dim`` (mean
+        answering prefix size, raw dims), ``adaptive_cls/max_prefix_top1`` (largest prefix
+        alone), ``adaptive_cls/dim_to_match`` (smallest expected dim on
+        :func:`adaptive_classification_curve` within ``target_tolerance`` of the largest
+        prefix's top-1) and ``adaptive_cls/dim_to_match_top1`` (its top-1).
+    """
+    if not 0 <= float(target_tolerance) < 1:
+        raise MRLError(f"target_tolerance={target_tolerance!r} must be a fraction in [0, 1)")
+    curve = adaptive_classification_curve(calib_logits, calib_y, test_logits, test_y)
+    largest = max(calib_logits)
+    target = float(np.mean(softmax_confidence(calib_logits[largest])[1] == np.asarray(calib_y)))
+    headline = next(pt for pt in curve if pt["target_precision"] == target)
+    # the target=inf point: the largest prefix answers everything
+    max_top1 = next(pt["top1"] for pt in curve if pt["target_precision"] == float("inf"))
+    match = next(pt for pt in curve if pt["top1"] >= max_top1 - target_tolerance)
+    return {
+        "adaptive_cls/top1": headline["top1"],
+        "adaptive_cls/expected_dim": headline["expected_dim"],
+        "adaptive_cls/max_prefix_top1": max_top1,
+        "adaptive_cls/dim_to_match": match["expected_dim"],
+        "adaptive_cls/dim_to_match_top1": match["top1"],
+    }
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+def rerank_scores(
+    index: faiss.IndexFlat, queries: np.ndarray, candidates: np.ndarray
+) -> np.ndarray:
+    """Inner products of each query with its own candidate rows of a flat index.
+
+    ``queries``: ``(q, d)``; ``candidates``: ``(q, K)`` database ids. Returns ``(q, K)``
+    float32, computed inside FAISS (``compute_distance_subset``) without gathering the
+    ``q x K x d`` candidate vectors into a numpy array.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+    out = np.empty(candidates.shape, dtype=np.float32)
+    index.compute_distance_subset(
+        len(queries),
+        faiss.swig_ptr(queries),
+        candidates.shape[1],
+        faiss.swig_ptr(out),
+        faiss.swig_ptr(candidates),
+    )
+    return out
+
+
+def _funnel(
+    funnel: Sequence[tuple[int, int]] | None,
+    d_shortlist: int,
+    d_rerank: int,
+    shortlist_k: int,
+    k: int,
+    width: int,
+    n: int,
+) -> list[tuple[int, int]]:
+    stages = [(d_shortlist, shortlist_k), (min(d_rerank, width), k)] if funnel is None else funnel
+    stages = [(positive_int(d, "funnel dim"), positive_int(kk, "funnel keep")) for d, kk in stages]
+    if not stages:
+        raise MRLError("funnel is empty; give stages such as [(16, 200), (2048, 10)]")
+    dims, keeps = [d for d, _ in stages], [kk for _, kk in stages]
+    if max(dims) > width:
+        raise MRLError(f"funnel={stages}: dim {max(dims)} exceeds the embedding width {width}")
+    if keeps[0] > n:
+        raise MRLError(
+            f"funnel={stages}: keeps {keeps[0]} but the database has {n} items; use <= {n}"
+        )
+    if any(b > a for a, b in zip(keeps, keeps[1:], strict=False)) or keeps[-1] < k:
+        raise MRLError(
+            f"funnel={stages}: keep counts must not increase and the last must be >= k={k}"
+        )
+    return stages
+
+
+def adaptive_retrieval(
+    database: np.ndarray,
+    db_y: np.ndarray,
+    queries: np.ndarray,
+    q_y: np.ndarray,
+    d_shortlist: int = 16,
+    d_rerank: int = 2048,
+    shortlist_k: int = 200,
+    k: int = 10,
+    funnel: Sequence[tuple[int, int]] | None = None,
+    repeats: int = 3,
+) -> dict[str, float]:
+    """Shortlist at a small prefix, rerank at a large one; compare with exact search.
+
+    Args:
+        database, db_y: raw (unnormalised) full embeddings ``(N, d)`` and labels.
+        queries, q_y: raw query embeddings ``(q, d)`` and labels.
+        d_shortlist: prefix of the exact shortlist search (paper: 16).
+        d_rerank: rerank prefix (paper: 2048), clipped to the width ``d``.
+        shortlist_k: shortlist length ``K`` (paper: 200).
+        k: results returned and scored (mAP@k, top-1).
+        funnel: optional stages ``[(dim, keep), ...]`` replacing the two defaults, e.g.
+            ``[(16, 200), (64, 100), (256, 50), (2048, 10)]``; its last dim is the exact
+            baseline's dim.
+        repeats: timed runs of each method; the median is reported.
+
+    Returns:
+        ``adaptive_ret/mAP@{k}``, ``adaptive_ret/exact_mAP@{k}``, ``adaptive_ret/top1``,
+        ``adaptive_ret/exact_top1``, ``adaptive_ret/overlap@{k}`` (share of the exact top-k
+        ids found), ``adaptive_ret/flops_ratio`` (exact / adaptive, theoretical),
+        ``adaptive_ret/speedup`` (exact / adaptive seconds), ``adaptive_ret/seconds`` and
+        ``adaptive_ret/exact_seconds`` (medians, all queries).
+    """
+    database, queries = as_matrix(database, "database"), as_matrix(queries, "queries")
+    if database.shape[1] != queries.shape[1]:
+        raise MRLError(
+            f"queries have width {queries.shape[1]} but the database has {database.shape[1]}"
+        )
+    db_y = as_labels(db_y, len(database), "db_y")
+    q_y = as_labels(q_y, len(queries), "q_y")
+    k, repeats = positive_int(k, "k"), positive_int(repeats, "repeats")
+    n, width = database.shape
+    stages = _funnel(funnel, d_shortlist, d_rerank, shortlist_k, k, width, n)
+    d_final = stages[-1][0]
+
+    indexes = {}
+    for d in {d for d, _ in stages}:  # built once, outside the timed region
+        indexes[d] = faiss.IndexFlatIP(d)
+        indexes[d].add(truncate(database, d, normalize=True))
+
+    def exact() -> np.ndarray:
+        return search_index(indexes[d_final], truncate(queries, d_final, normalize=True), k)[1]
+
+    def adaptive() -> np.ndarray:
+        d0, keep0 = stages[0]
+        ids = search_index(indexes[d0], truncate(queries, d0, normalize=True), keep0)[1]
+        for d, keep in stages[1:]:
+            scores = rerank_scores(indexes[d], truncate(queries, d, normalize=True), ids)
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
+            ids = np.take_along_axis(ids, order, axis=1)
+        return ids[:, :k]
+
+    ids: dict[str, np.ndarray] = {}
+    times: dict[str, list[float]] = {"exact": [], "adaptive": []}
+    for _ in range(repeats):  # interleaved, so load drift hits both alike
+        for name, fn in (("exact", exact), ("adaptive", adaptive)):
+            start = time.perf_counter()
+            ids[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    t_exact, t_adaptive = float(np.median(times["exact"])), float(np.median(times["adaptive"]))
+    hits = db_y[ids["adaptive"]] == q_y[:, None]
+    exact_hits = db_y[ids["exact"]] == q_y[:, None]
+    shared = (ids["adaptive"][:, :, None] == ids["exact"][:, None, :]).any(axis=2)
+    adaptive_flops = n * stages[0][0] + sum(
+        keep * d for (_, keep), (d, _) in zip(stages[:-1], stages[1:], strict=True)
+    )
+    return {
+        f"adaptive_ret/mAP@{k}": float(map_at_k(hits, k).mean()),
+        f"adaptive_ret/exact_mAP@{k}": float(map_at_k(exact_hits, k).mean()),
+        "adaptive_ret/top1": float(hits[:, 0].mean()),
+        "adaptive_ret/exact_top1": float(exact_hits[:, 0].mean()),
+        f"adaptive_ret/overlap@{k}": float(shared.mean()),
+        "adaptive_ret/flops_ratio": n * d_final / adaptive_flops,
+        "adaptive_ret/speedup": t_exact / t_adaptive,
+        "adaptive_ret/seconds": t_adaptive,
+        "adaptive_ret/exact_seconds": t_exact,
+    }

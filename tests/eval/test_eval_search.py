@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+
+from mrl.errors import MRLError
+from mrl.eval import exact_search, prefix_neighbors
+from mrl.nesting import truncate
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute_force(db: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    sims = q.astype(np.float64) @ db.astype(np.float64).T
+    idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, idx, 1), idx
+
+
+def test_exact_search_matches_brute_force():
+    rng = np.random.default_rng(0)
+    db, q = _unit(rng.standard_normal((300, 32))), _unit(rng.standard_normal((50, 32)))
+    scores, idx = exact_search(db, q, k=15, query_chunk=7)  # several chunks
+    ref_scores, ref_idx = brute_force(db, q, 15)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    assert scores.dtype == np.float32 and idx.dtype == np.int64 and idx.shape == (50, 15)
+
+
+def test_exact_search_accepts_float64_and_non_contiguous():
+    rng = np.random.default_rng(1)
+    db = _unit(rng.standard_normal((40, 8))).astype(np.float64)
+    q = np.asfortranarray(_unit(rng.standard_normal((5, 8))))
+    _, idx = exact_search(db, q, k=40)
+    np.testing.assert_array_equal(idx, brute_force(db, q, 40)[1])
+
+
+def test_exact_search_orders_ties_by_index():
+    db = np.array([[0, 1], [1, 0], [1, 0], [0, 1], [1, 0]], dtype=np.float32)
+    scores, idx = exact_search(db, np.array([[1, 0]], dtype=np.float32), k=3)
+    np.testing.assert_array_equal(idx, [[1, 2, 4]])
+    np.testing.assert_array_equal(scores, [[1, 1, 1]])
+
+
+def test_prefix_neighbors_slices_then_normalises():
+    rng = np.random.default_rng(2)
+    train, test = rng.standard_normal((100, 16)), rng.standard_normal((20, 16))
+    out = prefix_neighbors(train, test, dims=[4, 8, 16], k=5)
+    assert list(out) == [4, 8, 16]
+    for m, (scores, idx) in out.items():
+        db, q = truncate(train, m, normalize=True), truncate(test, m, normalize=True)
+        ref_scores, ref_idx = brute_force(db, q, 5)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("k", "message"),
+    [
+        (500, "k=500 is larger than the database (300 items); use k <= 300"),
+        (0, "k=0 must be a positive integer"),
+        (2.5, "k=2.5 must be a positive integer"),
+    ],
+)
+def test_exact_search_bad_k(k, message):
+    db = np.ones((300, 4), dtype=np.float32)
+    with pytest.raises(MRLError) as err:
+        exact_search(db, db[:2], k)
+    assert str(err.value) == message
+
+
+def test_exact_search_errors():
+    db = np.ones((10, 4), dtype=np.float32)
+    with pytest.raises(MRLError, match="width 3 but the database has width 4"):
+        exact_search(db, np.ones((2, 3)), 1)
+    with pytest.raises(MRLError, match="expected a non-empty 2-D array"):
+        exact_search(db, np.ones(4), 1)
+    with pytest.raises(MRLError, match="query_chunk=0"):
+        exact_search(db, db, 1, query_chunk=0)
+    with pytest.raises(MRLError, match="exceeds the embedding width 4"):
+        prefix_neighbors(db, db, dims=[2, 8], k=1)
+    with pytest.raises(MRLError, match="test_x has width 3"):
+        prefix_neighbors(db, np.ones((2, 3)), dims=[2], k=1)
+
+
+def test_use_gpu_without_gpu_is_an_error():
+    import faiss
+
+    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+        pytest.skip("a GPU is available")
+    db = np.ones((10, 4), dtype=np.float32)
+    with pytest.raises(MRLError, match="use_gpu=True but FAISS sees no GPU"):
+        exact_search(db, db, 1, use_gpu=True)
+    exact_search(db, db, 1, use_gpu=None)  # falls back to CPU
