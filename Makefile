@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test test-fast lint format reproduce-table1 train clean-logs
+.PHONY: help setup data test test-fast lint format reproduce-table1 train aggregate clean-logs
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,8 +43,14 @@ format: $(STAMP) ## ruff format + autofix
 train: setup ## the default experiment: python train.py
 	$(PY) train.py
 
-reproduce-table1: setup ## train + evaluate on the default data and print the per-prefix table
-	$(PY) train.py
+DATA ?= fashion_mnist
+EXPERIMENT ?= table1_$(DATA)
+ARGS ?=
+reproduce-table1: setup ## Table 1 + Table 2 on DATA (default fashion_mnist) -> results/table{1,2}_<data>.*
+	$(PY) scripts/reproduce.py --experiment $(EXPERIMENT) --data $(DATA) $(ARGS)
+
+aggregate: $(STAMP) ## rebuild the tables from results/runs/$(EXPERIMENT) (no training)
+	$(PY) scripts/aggregate.py results/runs/$(EXPERIMENT) --data $(DATA) --out results
 
 clean-logs: ## remove logs/ (asks first)
 	@read -p "delete logs/ ? [y/N] " a && [ "$$a" = y ] && rm -rf logs/ || echo kept

@@ -36,4 +36,10 @@ def trained_run(tmp_path_factory):
         "data.batch_size=64",
         "+trainer.limit_test_batches=16",
     )
-    return out, train(cfg)
+    metrics = train(cfg)
+    # what Hydra's CLI writes into every run dir (eval.py reads the data config from it)
+    from omegaconf import OmegaConf
+
+    (out / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    return out, metrics

@@ -1,0 +1,139 @@
+"""The aggregator on synthetic run dirs, including a missing and a failed run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mrl.results import find_runs, read_csv, table1, table2, to_markdown, write_tables
+
+DIMS = [8, 16, 32]
+
+
+def _run(root, name, method, metrics, status="completed"):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({"status": status, "method": method, "task": "train"}))
+    if metrics is not None:
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    return d
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    root = tmp_path / "runs"
+    _run(
+        root,
+        "mrl/0",
+        "MRL",
+        {f"test/top1@d{m}": 0.8 + m / 1000 for m in DIMS} | {f"knn/top1@d{m}": 0.7 for m in DIMS},
+    )
+    _run(root, "mrl/1", "MRL-E", None, status="failed")  # failed: its cells are missing
+    _run(root, "ff/0", "FF-8", {"test/top1@d8": 0.75, "knn/top1@d8": 0.6})
+    # FF-16 missing entirely
+    _run(
+        root,
+        "ff/2",
+        "FF-32",
+        {"test/top1@d32": 0.85} | {f"knn/top1@d{m}": 0.5 + m / 100 for m in DIMS},
+    )
+    _run(
+        root,
+        "baselines",
+        "baselines",
+        {
+            "svd/top1@d8": 0.5,
+            "rand_lp/top1@d8": 0.3,
+            "rand_lp/top1@d16": 0.4,
+            "ff_svd/knn_top1@d8": 0.2,
+        },
+    )
+    _run(root, "slim", "Slim. Net", {"slim/top1@d8": 0.1})
+    (root / "broken").mkdir()
+    (root / "broken" / "run.json").write_text("{not json")
+    return root
+
+
+def test_tables_from_run_dirs(runs_root):
+    runs = find_runs([runs_root])
+    assert {r.method for r in runs if r.ok} == {"MRL", "FF-8", "FF-32", "baselines", "Slim. Net"}
+    assert sum(not r.ok for r in runs) == 2  # failed + unreadable are kept, flagged
+    t1 = {(r["method"], r["dim"]): r["top1"] for r in table1(runs, DIMS)}
+    assert t1[("MRL", 16)] == pytest.approx(81.6)
+    assert t1[("MRL-E", 8)] is None  # failed run
+    assert t1[("FF", 8)] == 75.0 and t1[("FF", 16)] is None and t1[("FF", 32)] == 85.0
+    assert t1[("SVD", 8)] == 50.0 and t1[("SVD", 16)] is None
+    assert t1[("Rand. LP", 16)] == 40.0 and t1[("Slim. Net", 8)] == 10.0
+    t2 = {(r["method"], r["dim"]): r["top1"] for r in table2(runs, DIMS)}
+    assert t2[("MRL", 32)] == 70.0 and t2[("FF", 8)] == 60.0
+    assert t2[("Rand. FS", 16)] == pytest.approx(66.0)  # first 16 features of FF-max (FF-32)
+    assert t2[("FF+SVD", 8)] == 20.0 and t2[("FF+SVD", 16)] is None
+    assert [r["method"] for r in table1(runs, DIMS)][:: len(DIMS)] == [
+        "Rand. LP",
+        "SVD",
+        "FF",
+        "Slim. Net",
+        "MRL",
+        "MRL-E",
+    ]
+
+
+def test_write_tables_files_and_csv_roundtrip(runs_root, tmp_path):
+    files = write_tables([runs_root], tmp_path / "out", "fashion_mnist", DIMS, header="hdr")
+    assert set(files) == {f"table{i}.{e}" for i in (1, 2) for e in ("md", "csv", "png")}
+    rows = read_csv(tmp_path / "out" / "table1_fashion_mnist.csv")
+    assert rows[0].keys() == {"method", "dim", "top1"}
+    assert {r["method"] for r in rows} == {"Rand. LP", "SVD", "FF", "Slim. Net", "MRL", "MRL-E"}
+    text = (tmp_path / "out" / "table1_fashion_mnist.csv").read_text().splitlines()
+    assert text[0] == "method,dim,top1" and "MRL-E,8," in text  # empty value when missing
+    md = (tmp_path / "out" / "table1_fashion_mnist.md").read_text()
+    assert "hdr" in md and "Not completed" in md and "| 8 |" in md
+    assert (tmp_path / "out" / "table2_fashion_mnist.png").stat().st_size > 1000
+
+
+def test_paper_columns_for_imagenet(runs_root):
+    rows = table1(find_runs([runs_root]), [8])
+    from mrl.results import PAPER_TABLE1
+
+    md = to_markdown(rows, "t", paper=PAPER_TABLE1)
+    assert "80.80 (66.63, +14.17)" in md  # ours (paper, diff) for MRL at 8
+
+
+def test_aggregate_cli(runs_root, tmp_path):
+    from mrl_test_utils import run_cli
+
+    r = run_cli(
+        "scripts/aggregate.py",
+        str(runs_root),
+        "--dims",
+        "8,16,...,32",
+        "--out",
+        str(tmp_path / "agg"),
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "agg" / "table2_fashion_mnist.csv").is_file()
+    r = run_cli("scripts/aggregate.py", str(runs_root), "--dims", "8,16,...,33")
+    assert r.returncode == 2 and "cannot reach 33" in r.stderr
+
+
+def test_notebook_executes_on_results(runs_root, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    from mrl_test_utils import ROOT
+
+    write_tables([runs_root], tmp_path / "res", "fashion_mnist", DIMS)
+    nb = nbformat.read(ROOT / "notebooks" / "results.ipynb", as_version=4)
+    import os
+
+    os.environ["MRL_RESULTS"] = str(tmp_path / "res")
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        os.environ.pop("MRL_RESULTS")
+    assert (tmp_path / "res" / "tables_fashion_mnist_notebook.png").stat().st_size > 1000
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+    assert "table1" in text and "MRL-E" in text
