@@ -17,7 +17,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from mrl.dims import parse_dims, parse_weights
-from mrl.errors import MRLError
+from mrl.errors import MRLError, NonFiniteLossError
 from mrl.models import Backbone, MRLModel, method_name
 from mrl.nesting import MatryoshkaLoss
 
@@ -109,10 +109,14 @@ class MRLLitModule(pl.LightningModule):
         total, per = self.loss_fn(self(x), y)
         if not torch.isfinite(total):
             bad = [m for m, v in per.items() if not torch.isfinite(v)] or self.dims
-            raise MRLError(
+            more = f" (non-finite at {len(bad)} prefixes: d{bad[0]}..d{bad[-1]})" if bad[1:] else ""
+            raise NonFiniteLossError(
                 f"non-finite loss {total.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}), prefix d{bad[0]}; lower optim.lr="
-                f"{self.optim_cfg['lr']} or check the data; the last good checkpoint is kept"
+                f"(epoch {self.current_epoch}, batch {batch_idx}), prefix d{bad[0]}{more}; "
+                f"lower optim.lr={self.optim_cfg['lr']} or check the data; the last good "
+                "checkpoint is kept",
+                step=int(self.global_step),
+                prefix=int(bad[0]),
             )
         self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True)
         for m, v in per.items():

@@ -4,10 +4,22 @@ Called by the thin root ``train.py`` (Hydra entry point). The run dir (Hydra's o
 receives ``.hydra/`` (resolved config), ``checkpoints/last.ckpt``, ``metrics.json`` (flat,
 fractions in [0, 1]), ``run.json`` (method, dims, status, timing), CSV and W&B logs.
 Test metrics are those of the *final* weights (as the paper reports the last epoch).
+
+Reliability (see :mod:`mrl.resume`, :mod:`mrl.checkpoint_io`, :mod:`mrl.cli`):
+
+* a killed run continues with the same command plus ``ckpt_path=last`` (``last.ckpt`` is
+  refreshed every ``callbacks.last_checkpoint.every_n_train_steps`` steps and at epoch ends,
+  written atomically; the W&B run id is kept in ``wandb_id.txt``, so W&B resumes the same run);
+* a resume checkpoint is read with ``weights_only=True`` and checked against the config before
+  Lightning opens it;
+* the same command and seed on CPU give the same ``metrics.json``;
+* a NaN / infinite loss stops the run naming the step and prefix; ``last.ckpt`` keeps the last
+  good state; ``run.json`` records ``status: failed`` and the error of any failed run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -18,8 +30,16 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mrl.errors import MRLError
+from mrl.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
+from mrl.errors import MRLError, NonFiniteLossError
 from mrl.module import MRLLitModule
+from mrl.resume import (
+    LAST,
+    check_resume_checkpoint,
+    merge_csv_logs,
+    stash_csv_logs,
+    wandb_run_id,
+)
 from mrl.runs import prefix_table, update_metrics_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -31,11 +51,12 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def resolve_ckpt_path(cfg: DictConfig, out: Path) -> str | None:
-    """``ckpt_path``: null (fresh run), ``last`` (this run dir's last.ckpt) or a file path.
+    """``ckpt_path``: null (fresh run), ``last`` (this run dir's last.ckpt), ``auto`` (``last``
+    when it exists, else fresh; a completed run is reused) or a file path.
 
     A fresh run refuses a run dir that already holds a checkpoint, so nothing is overwritten.
     """
-    last = out / "checkpoints" / "last.ckpt"
+    last = out / "checkpoints" / LAST
     spec = cfg.get("ckpt_path")
     if spec in (None, "", "null"):
         if last.exists():
@@ -44,6 +65,8 @@ def resolve_ckpt_path(cfg: DictConfig, out: Path) -> str | None:
                 "or choose another hydra.run.dir"
             )
         return None
+    if spec == "auto":  # resume when there is something to resume, else start
+        return str(last) if last.exists() else None
     if spec == "last":
         if not last.exists():
             raise MRLError(f"ckpt_path=last but {last} does not exist; drop ckpt_path to start")
@@ -109,14 +132,59 @@ def _instantiate_all(node: DictConfig | None, **extra) -> list:
 
 
 def validate_trainer_cfg(cfg: DictConfig) -> None:
+    """Mandatory values, epochs / steps, batch size and seed (the rest is checked where used)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise MRLError(
+            f"{missing[0]} is required ('???' in the config); set it, e.g. {missing[0]}=<value>"
+        )
     t = cfg.trainer
     for key in ("max_epochs",):
         v = t.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise MRLError(f"trainer.{key}={v!r} must be a positive integer")
+            raise MRLError(f"trainer.{key}={v!r} is invalid; use an integer >= 1")
+    v = t.get("max_steps")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1)):
+        raise MRLError(f"trainer.max_steps={v!r} is invalid; use an integer >= 1, or -1 (no limit)")
     bs = cfg.data.get("batch_size")
     if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
-        raise MRLError(f"data.batch_size={bs!r} must be a positive integer")
+        raise MRLError(f"data.batch_size={bs!r} is invalid; use an integer >= 1")
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise MRLError(f"seed={seed!r} is invalid; use an integer in [0, 2**32)")
+
+
+def build_trainer(cfg: DictConfig, loggers: list, callbacks: list) -> pl.Trainer:
+    """The Trainer from ``cfg.trainer`` with atomic checkpoint writes (unless plugins are set)."""
+    extra: dict[str, Any] = {}
+    if not cfg.trainer.get("plugins"):
+        extra["plugins"] = [AtomicCheckpointIO()]
+    try:
+        return hydra.utils.instantiate(
+            cfg.trainer,
+            logger=loggers or False,
+            callbacks=callbacks,
+            _convert_="partial",
+            **extra,
+        )
+    except hydra.errors.InstantiationException as e:
+        inner = _unwrap(e)
+        if isinstance(inner, MRLError):
+            raise inner from e
+        cause = e.__cause__ or e
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise MRLError(
+            f"trainer config is invalid: {first}; see pytorch_lightning.Trainer for the valid "
+            "trainer.* keys and values"
+        ) from e
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -124,9 +192,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    previous = _read_json(out / "run.json")
+    if (
+        cfg.get("ckpt_path") == "auto"
+        and previous.get("status") == "completed"
+        and (out / "metrics.json").is_file()
+    ):  # sweeps re-run by `make reproduce-table1` reuse finished jobs
+        print(f"already completed: {out} (ckpt_path=auto reuses it)")
+        return _read_json(out / "metrics.json")
     info: dict[str, Any] = {"status": "running", "task": "train", "run_dir": str(out)}
     write_json_atomic(out / "run.json", info)
     loggers: list = []
+    last = out / "checkpoints" / LAST
     try:
         validate_trainer_cfg(cfg)
         ckpt_path = resolve_ckpt_path(cfg, out)
@@ -142,17 +219,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
             embed_dim=module.net.embed_dim,
             params=sum(p.numel() for p in module.parameters()),
         )
+        if ckpt_path is not None:
+            info["resumed_from"] = check_resume_checkpoint(ckpt_path, module)
+            info["resumes"] = int(previous.get("resumes", 0)) + 1
+            remove_stale_temp_files(out / "checkpoints")
         write_json_atomic(out / "run.json", info)
         log.info("%s on %s: dims=%s", module.method, info["data"], module.dims)
 
-        wandb_name = cfg.get("run_name") or f"{module.method}-{cfg.model.name}-s{cfg.seed}"
-        loggers = _instantiate_all(cfg.get("logger"), wandb={"name": wandb_name})
+        extra: dict[str, dict[str, Any]] = {
+            "wandb": {
+                "name": cfg.get("run_name") or f"{module.method}-{cfg.model.name}-s{cfg.seed}"
+            }
+        }
+        wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+        if wandb_cfg and "_target_" in wandb_cfg:
+            wid = wandb_run_id(out, wandb_cfg.get("id"))
+            extra["wandb"].update(id=wid, resume="allow")
+            info["wandb_id"] = wid
+        loggers = _instantiate_all(cfg.get("logger"), **extra)
+        if ckpt_path is not None:  # before CSVLogger deletes the rows logged so far
+            stash_csv_logs(loggers, info["resumed_from"]["global_step"])
         callbacks = _instantiate_all(cfg.get("callbacks"))
         if not loggers:  # a learning-rate monitor needs a logger
             callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
-        trainer: pl.Trainer = hydra.utils.instantiate(
-            cfg.trainer, logger=loggers or False, callbacks=callbacks, _convert_="partial"
-        )
+        trainer = build_trainer(cfg, loggers, callbacks)
         for lg in loggers:
             lg.log_hyperparams(
                 {
@@ -163,7 +253,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
             )
 
         if cfg.get("train", True):
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+            try:
+                trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+            except NonFiniteLossError as e:
+                kept = (
+                    f"; {last} holds the last good state: resume with ckpt_path=last and a "
+                    "lower optim.lr"
+                    if last.is_file()
+                    else ""
+                )
+                info.update(failed_step=e.step, failed_prefix=e.prefix)
+                raise NonFiniteLossError(f"{e}{kept}", e.step, e.prefix) from e
+        info.update(global_step=int(trainer.global_step), epochs=int(trainer.current_epoch))
         metrics = {
             k: v
             for k, v in trainer.callback_metrics.items()
@@ -174,6 +275,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update(
                 {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
             )
+        merge_csv_logs(loggers)
         final = update_metrics_json(
             out / "metrics.json", {k.removesuffix("_epoch"): v for k, v in metrics.items()}
         )
@@ -193,17 +295,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
         raise
     finally:
-        write_json_atomic(out / "run.json", info)
-        _close_wandb(loggers)
+        try:
+            write_json_atomic(out / "run.json", info)
+        except OSError as e:  # never hide the original error behind this one
+            log.error("could not write %s: %s", out / "run.json", e)
+        _close_wandb(loggers, exit_code=0 if info["status"] == "completed" else 1)
 
 
-def _close_wandb(loggers: list) -> None:
+def _close_wandb(loggers: list, exit_code: int = 0) -> None:
     """Always close the W&B run, so each job of a sweep gets its own run."""
     if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
         import wandb
 
         if wandb.run is not None:
-            wandb.finish(exit_code=0)
+            wandb.finish(exit_code=exit_code)
 
 
 torch.set_float32_matmul_precision("high")
