@@ -129,11 +129,16 @@ def test_notebook_executes_on_results(runs_root, tmp_path):
 
     os.environ["MRL_RESULTS"] = str(tmp_path / "res")
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        NotebookClient(
+            nb,
+            timeout=300,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(ROOT / "notebooks")}},
+        ).execute()
     finally:
         os.environ.pop("MRL_RESULTS")
     assert (tmp_path / "res" / "tables_fashion_mnist_notebook.png").stat().st_size > 1000
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                   for o in c.get("outputs", []))
+    text = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
     assert "table1" in text and "MRL-E" in text
