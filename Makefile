@@ -54,3 +54,12 @@ aggregate: $(STAMP) ## rebuild the tables from results/runs/$(EXPERIMENT) (no tr
 
 clean-logs: ## remove logs/ (asks first)
 	@read -p "delete logs/ ? [y/N] " a && [ "$$a" = y ] && rm -rf logs/ || echo kept
+
+# ---- benchmarks (issue 5): scripts/bench.py, rows -> results/bench.json -------------------
+.PHONY: bench bench-quick
+bench: setup ## every benchmark (~10-20 min): measured ratios vs targets -> results/bench.json
+	$(PY) scripts/bench.py --out results/bench.json
+
+bench-quick: setup ## smaller benchmarks (< 2 min): same rows, small sizes -> results/bench.json
+	$(PY) scripts/bench.py --quick --out results/bench.json
+# ---- end benchmarks ------------------------------------------------------------------------
