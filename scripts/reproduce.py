@@ -159,7 +159,9 @@ def baselines(run_dir: Path, ff_dir: Path, dims: list[int]) -> None:
         head = module.net.head.heads[0]
         w = head.weight.detach().numpy()
         b = head.bias.detach().numpy()
-        tx, ty, qx, qy = arr["train_x"], arr["train_y"], arr["test_x"], arr["test_y"]
+        # FF-max's representation is what its classifier reads: the first ff_dim features
+        d = w.shape[1]
+        tx, ty, qx, qy = arr["train_x"][:, :d], arr["train_y"], arr["test_x"][:, :d], arr["test_y"]
         n_cls = int(module.hparams.num_classes)
         t = time.time()
         m: dict[str, float] = {}

@@ -81,8 +81,8 @@ def test_reproduce_pipeline_on_fake_imagenet(fake_imagenet, tmp_path):
         "+trainer.limit_val_batches=1",
         "+trainer.limit_test_batches=1",
         "mrl.dims=[8,16,...,64]",
-        "model.channels=[8,16,32,64]",
-        "model.stem_width=8",
+        "+model.channels=[8,16,32,64]",
+        "+model.stem_width=8",
         "callbacks.mrl_eval.extra_dims=[8,16,32,64]",
     ]
     r = run_cli(
