@@ -25,7 +25,67 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("linear", "cosine", "constant")
 
 
-class MRLLitModule(pl.LightningModule):
+class NestedClassifierSteps:
+    """Evaluation steps and optimiser shared by every model whose forward returns
+    ``{size: logits}`` (MRL, MRL-E, FF-k and the slimmable baseline).
+
+    Needs ``self.dims``, ``self._topks``, ``self.metrics`` (``"{stage}_{k}_{m}"`` accuracy
+    metrics) and ``self.optim_cfg`` (see :class:`MRLLitModule`).
+    """
+
+    def _eval_step(self, batch, stage: str) -> None:
+        x, y = batch
+        for m, logits in self(x).items():
+            for k in self._topks:
+                metric = self.metrics[f"{stage}_{k}_{m}"]
+                metric.update(logits, y)
+                self.log(f"{stage}/top{k}@d{m}", metric, on_step=False, on_epoch=True)
+        self.log(
+            f"{stage}/top1",
+            self.metrics[f"{stage}_1_{self.dims[-1]}"],
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+        )
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            if cfg["no_decay_norm_bias"] and (p.ndim <= 1):
+                no_decay.append(p)  # BatchNorm/LayerNorm weights and all biases
+            else:
+                decay.append(p)
+        groups = [
+            {"params": decay, "weight_decay": cfg["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if cfg["name"] == "sgd":
+            opt = torch.optim.SGD(
+                groups,
+                lr=cfg["lr"],
+                momentum=cfg["momentum"],
+                nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
+            )
+        else:
+            opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg["schedule"], warmup, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class MRLLitModule(NestedClassifierSteps, pl.LightningModule):
     """Trains a timm backbone with the Matryoshka loss.
 
     All arguments are plain values (saved in the checkpoint's hyper-parameters, so
@@ -122,58 +182,6 @@ class MRLLitModule(pl.LightningModule):
         for m, v in per.items():
             self.log(f"train/loss@d{m}", v, on_step=False, on_epoch=True)
         return total
-
-    def _eval_step(self, batch, stage: str) -> None:
-        x, y = batch
-        logits = self(x)
-        for m in self.dims:
-            for k in self._topks:
-                metric = self.metrics[f"{stage}_{k}_{m}"]
-                metric.update(logits[m], y)
-                self.log(f"{stage}/top{k}@d{m}", metric, on_step=False, on_epoch=True)
-        self.log(
-            f"{stage}/top1",
-            self.metrics[f"{stage}_1_{self.dims[-1]}"],
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-        )
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    # ------------------------------------------------------------------ optim
-    def configure_optimizers(self):
-        cfg = self.optim_cfg
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if not p.requires_grad:
-                continue
-            if cfg["no_decay_norm_bias"] and (p.ndim <= 1):
-                no_decay.append(p)  # BatchNorm/LayerNorm weights and all biases
-            else:
-                decay.append(p)
-        groups = [
-            {"params": decay, "weight_decay": cfg["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        if cfg["name"] == "sgd":
-            opt = torch.optim.SGD(
-                groups,
-                lr=cfg["lr"],
-                momentum=cfg["momentum"],
-                nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
-            )
-        else:
-            opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg["schedule"], warmup, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 _DEFAULT_OPTIM: dict[str, Any] = {

@@ -64,7 +64,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mrl.baselines._common import as_sizes, positive_int
 from mrl.errors import MRLError
-from mrl.module import _DEFAULT_OPTIM, _lr_lambda, _validate_optim
+from mrl.module import _DEFAULT_OPTIM, NestedClassifierSteps, _validate_optim
 
 WIDTH_MULTS = (0.25, 0.5, 0.75, 1.0)
 # conf/optim/sgd.yaml, the MRL runs' SGD recipe: momentum 0.9, weight decay 5e-4 (none on
@@ -433,7 +433,7 @@ def sandwich_widths(
     return [mults[0], *[middle[i] for i in pick], mults[-1]]
 
 
-class SlimmableLitModule(pl.LightningModule):
+class SlimmableLitModule(NestedClassifierSteps, pl.LightningModule):
     """Trains a :class:`SlimmableResNet` on image classification (the "Slim. Net" baseline).
 
     Args:
@@ -537,54 +537,6 @@ class SlimmableLitModule(pl.LightningModule):
         for size, v in per.items():
             self.log(f"train/loss@d{size}", v, on_step=False, on_epoch=True)
         return total
-
-    def _eval_step(self, batch, stage: str) -> None:
-        x, y = batch
-        for size, logits in self(x).items():
-            for k in self._topks:
-                metric = self.metrics[f"{stage}_{k}_{size}"]
-                metric.update(logits, y)
-                self.log(f"{stage}/top{k}@d{size}", metric, on_step=False, on_epoch=True)
-        self.log(
-            f"{stage}/top1",
-            self.metrics[f"{stage}_1_{self.dims[-1]}"],
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-        )
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    # ------------------------------------------------------------------ optim
-    def configure_optimizers(self):
-        cfg = self.optim_cfg
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if cfg["no_decay_norm_bias"] and p.ndim <= 1 else decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": cfg["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        if cfg["name"] == "sgd":
-            opt = torch.optim.SGD(
-                groups,
-                lr=cfg["lr"],
-                momentum=cfg["momentum"],
-                nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
-            )
-        else:
-            opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg["schedule"], warmup, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 # --------------------------------------------------------------------------- evaluation
