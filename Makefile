@@ -57,9 +57,10 @@ clean-logs: ## remove logs/ (asks first)
 
 # ---- benchmarks (issue 5): scripts/bench.py, rows -> results/bench.json -------------------
 .PHONY: bench bench-quick
+BENCH_ARGS ?=
 bench: setup ## every benchmark (~10-20 min): measured ratios vs targets -> results/bench.json
-	$(PY) scripts/bench.py --out results/bench.json
+	$(PY) scripts/bench.py --out results/bench.json $(BENCH_ARGS)
 
 bench-quick: setup ## smaller benchmarks (< 2 min): same rows, small sizes -> results/bench.json
-	$(PY) scripts/bench.py --quick --out results/bench.json
+	$(PY) scripts/bench.py --quick --out results/bench.json $(BENCH_ARGS)
 # ---- end benchmarks ------------------------------------------------------------------------

@@ -47,7 +47,8 @@ class MRLHead(nn.Module):
       and bias), i.e. ``sum(dims) * C + len(dims) * C`` parameters.
     * ``efficient=True`` (MRL-E): one shared ``nn.Linear(max(dims), num_classes)``; prefix m
       uses its first m columns ``W[:, :m]`` and the *full* bias ``b``. All prefixes are
-      computed in one pass: partial products per block of dims, then a cumulative sum, which
+      computed in one pass: the product of each block of dims is added to the previous
+      prefix's logits (a running sum, one ``addmm`` per block), which
       equals the per-prefix ``z[:, :m] @ W[:, :m].T + b`` up to float rounding.
 
     Heads read the raw slice (no normalisation). Keys are ints, in increasing order.
@@ -79,13 +80,15 @@ class MRLHead(nn.Module):
         if not self.efficient:
             return {m: head(z[:, :m]) for m, head in zip(self.dims, self.heads, strict=True)}
         w, b = self.shared.weight, self.shared.bias
-        starts = [0, *self.dims[:-1]]
-        # one matmul per block [start, m) then a running sum: sum(dims) work -> max(dims) work
-        partial = [z[:, s:m] @ w[:, s:m].T for s, m in zip(starts, self.dims, strict=True)]
-        cum = torch.stack(partial, 0).cumsum(0)
-        if b is not None:
-            cum = cum + b
-        return {m: cum[i] for i, m in enumerate(self.dims)}
+        # one product per block [start, m), each added to the previous prefix's logits by
+        # the same addmm: max(dims) work instead of sum(dims), no stacked intermediate
+        out: dict[int, torch.Tensor] = {}
+        acc, start = b, 0
+        for m in self.dims:
+            part = z[:, start:m]
+            acc = part @ w[:, start:m].T if acc is None else torch.addmm(acc, part, w[:, start:m].T)
+            out[m], start = acc, m
+        return out
 
     def forward_naive(self, z: torch.Tensor) -> dict[int, torch.Tensor]:
         """Reference implementation: one matmul per prefix (used by tests and benchmarks)."""

@@ -52,3 +52,35 @@ def test_probe_errors(clusters):
         linear_probe(train_x, train_y, test_x[:, :8], test_y, [8], 5)
     with pytest.raises(MRLError, match="num_threads=0 must be a positive integer"):
         linear_probe(train_x, train_y, test_x, test_y, [8], 5, num_threads=0)
+
+
+def test_fused_probes_equal_one_weight_per_prefix(clusters):
+    """The masked one-product probes compute the same function as one weight per prefix,
+    before and after training, and give the same accuracy."""
+    import torch
+
+    from mrl.eval.probe import Probes, _train, _var_mean
+
+    train_x, train_y, test_x, _ = clusters
+    x = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32))
+    var, mean = _var_mean(x)
+    mean, std = mean.float(), var.sqrt().float()
+    dims = [4, 16, 64]
+    torch.manual_seed(0)
+    fused = Probes(dims, 5, mean, std, fused=True)
+    torch.manual_seed(0)
+    loop = Probes(dims, 5, mean, std, fused=False)
+    xt = torch.from_numpy(np.ascontiguousarray(test_x, dtype=np.float32))
+    torch.testing.assert_close(fused(xt), loop(xt), rtol=1e-5, atol=1e-5)
+    # block m of the fused weight reads only the first m features
+    with torch.no_grad():
+        bumped = xt.clone()
+        bumped[:, 4:] += 100.0
+        torch.testing.assert_close(fused(bumped)[:, 0], fused(xt)[:, 0], rtol=1e-5, atol=1e-4)
+    args = (x, train_y, mean, std, dims, 5, 3, 3e-2, 1e-5, 0, 64)
+    a, b = _train(*args, fused=True), _train(*args, fused=False)
+    with torch.no_grad():
+        la, lb = a(xt), b(xt)
+        assert float((la - lb).abs().max()) < 1e-3
+        assert bool((la.argmax(2) == lb.argmax(2)).float().mean() > 0.99)
+        assert float(a.weight[:5, 4:].abs().max()) == 0.0  # masked entries never move

@@ -91,3 +91,45 @@ def test_use_gpu_without_gpu_is_an_error():
     with pytest.raises(MRLError, match="use_gpu=True but FAISS sees no GPU"):
         exact_search(db, db, 1, use_gpu=True)
     exact_search(db, db, 1, use_gpu=None)  # falls back to CPU
+
+
+@pytest.mark.parametrize("block_bytes", [None, 8 * 7 * 23])  # one block; many small blocks
+def test_prefix_neighbors_one_pass_matches_per_prefix_faiss(monkeypatch, block_bytes):
+    """The cumulative one-pass search equals a separate FAISS IndexFlatIP search per prefix,
+    also when queries and database are split into many blocks and a row is all zeros."""
+    import faiss
+
+    from mrl.eval import search
+
+    if block_bytes:
+        monkeypatch.setattr(search, "BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(3)
+    train, test = rng.standard_normal((211, 64)), rng.standard_normal((37, 64))
+    train[5] = 0.0
+    dims = [2, 4, 8, 16, 64]
+    out = prefix_neighbors(train, test, dims=dims, k=30, query_chunk=16)
+    for m in dims:
+        db, q = truncate(train, m, normalize=True), truncate(test, m, normalize=True)
+        index = faiss.IndexFlatIP(m)
+        index.add(db)
+        ref_scores, ref_idx = index.search(q, 30)
+        scores, idx = out[m]
+        np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+        np.testing.assert_array_equal(idx, brute_force(db, q, 30)[1])
+        assert scores.dtype == np.float32 and idx.dtype == np.int64
+
+
+def test_topk_heap_over_blocks_equals_sorting():
+    from mrl.eval.search import TopK
+
+    rng = np.random.default_rng(4)
+    s = rng.standard_normal((6, 50)).astype(np.float32)
+    heap = TopK(6, 7)
+    heap.add(np.ascontiguousarray(s[:, :20]), 0)
+    heap.add(np.ascontiguousarray(s[:, 20:]), 20)
+    scores, ids = heap.result()
+    ref = np.argsort(-s, axis=1)[:, :7]
+    np.testing.assert_array_equal(ids, ref)
+    np.testing.assert_array_equal(scores, np.take_along_axis(s, ref, 1))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        heap.add(s[:, ::2], 0)

@@ -5,16 +5,17 @@ Conventions
 * Classification reads the raw, unnormalised slice ``x[:, :m]`` (DESIGN.md section 1), but
   every feature is standardised with the *train* mean and std (per feature, so the
   statistics of a slice are the first ``m`` of the full vector's).
-* One probe per prefix: ``logits_m = W_m x[:, :m] + b_m`` (:class:`mrl.nesting.MRLHead`,
-  ``efficient=False``). All probes train *jointly* in one loop over the same minibatches;
-  the loss is the sum of the per-prefix cross-entropies. The probes share no parameters
-  and Adam's update is per parameter, so this is the same as training each probe alone on
-  the same batches, while the data is shuffled and moved once for all prefixes.
-* Optimiser: Adam with L2 weight decay, cosine learning-rate decay to 0 over all steps,
-  seeded init and shuffling (``torch.Generator``), CPU, float32: deterministic. With the
-  defaults (10 epochs, batch 1024, lr 3e-2, weight decay 1e-5) test top-1 came within 0.8
-  points of full-batch L-BFGS at every prefix (60k x 512 features of Fashion-MNIST), at a
-  fraction of its cost.
+* One probe per prefix: ``logits_m = W_m x[:, :m] + b_m`` with its own weight and bias,
+  initialised like ``nn.Linear(m, C)``. All probes train *jointly* in one loop over the same
+  minibatches; the loss is the sum of the per-prefix cross-entropies. The probes share no
+  parameters and Adam's update is per parameter, so this is the same as training each probe
+  alone on the same batches, while the data is shuffled and moved once for all prefixes.
+* When a step is small (``batch_size * len(dims) * max(dims) * C < 2**28`` multiply-adds),
+  the probes are one masked matrix ``(len(dims) * C, max(dims))`` whose block ``m`` is zero
+  beyond column ``m``: one product per step for every prefix (the masked entries get no
+  gradient and stay zero). Larger steps use one product per prefix (``sum(dims)`` work).
+* Standardisation is folded into the weights (``((x - mu) / sigma) @ W.T = x @ (W / sigma).T
+  - (mu / sigma) @ W.T``), so batches are not copied to be standardised.
 * ``probe/top1@d{m}`` is the test accuracy, a fraction in [0, 1].
 """
 
@@ -29,7 +30,6 @@ import torch.nn.functional as F
 
 from mrl.errors import MRLError
 from mrl.eval._checks import as_labels, as_matrix, positive_int, prefix_dims
-from mrl.nesting import MRLHead
 
 
 def linear_probe(
@@ -79,29 +79,97 @@ def linear_probe(
     if not float(lr) > 0 or not float(weight_decay) >= 0:
         raise MRLError(f"lr={lr!r} must be > 0 and weight_decay={weight_decay!r} >= 0")
 
+    x = torch.from_numpy(train_x[:, : dims[-1]])  # a view: batches are read raw
+    var, mean = _var_mean(x)
+    mean, std = mean.float(), var.sqrt().float().clamp_min(1e-6)
     previous = torch.get_num_threads()
     if num_threads is None:
         num_threads = 1 if batch_size * sum(dims) * num_classes < 2**26 else previous
     torch.set_num_threads(positive_int(num_threads, "num_threads"))
     try:
-        head, mean, std = _train(
-            train_x, train_y, dims, num_classes, epochs, lr, weight_decay, seed, batch_size
+        probes = _train(
+            x, train_y, mean, std, dims, num_classes, epochs, lr, weight_decay, seed, batch_size
         )
-        correct = dict.fromkeys(dims, 0)
+        correct = torch.zeros(len(dims), dtype=torch.int64)
         with torch.no_grad():
             for start in range(0, len(test_x), batch_size):
-                xb = (torch.from_numpy(test_x[start : start + batch_size, : dims[-1]]) - mean) / std
+                xb = torch.from_numpy(test_x[start : start + batch_size, : dims[-1]])
                 yb = torch.from_numpy(test_y[start : start + batch_size])
-                for m, logits in head(xb).items():
-                    correct[m] += int((logits.argmax(1) == yb).sum())
+                correct += (probes(xb).argmax(2) == yb[:, None]).sum(0)
     finally:
         torch.set_num_threads(previous)
-    return {f"probe/top1@d{m}": correct[m] / len(test_x) for m in dims}
+    return {f"probe/top1@d{m}": int(c) / len(test_x) for m, c in zip(dims, correct, strict=True)}
+
+
+def _var_mean(x: torch.Tensor, chunk: int = 1 << 14) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature unbiased variance and mean in float64, ``chunk`` rows at a time."""
+    mean = torch.zeros(x.shape[1], dtype=torch.float64)
+    for i in range(0, len(x), chunk):
+        mean += x[i : i + chunk].double().sum(0)
+    mean /= len(x)
+    ss = torch.zeros_like(mean)
+    for i in range(0, len(x), chunk):
+        ss += (x[i : i + chunk].double() - mean).square().sum(0)
+    return ss / max(len(x) - 1, 1), mean
+
+
+class Probes(torch.nn.Module):
+    """Independent linear classifiers on every prefix of standardised features.
+
+    ``forward(x)`` takes *raw* features ``(B, max(dims))`` and returns logits ``(B, P, C)``
+    for the ``P = len(dims)`` prefixes: ``W_m ((x[:, :m] - mu[:m]) / sigma[:m]) + b_m``.
+    ``fused=True``: one masked ``(P * C, max(dims))`` weight and one product; ``fused=False``:
+    one weight per prefix. Both draw the same initial values (``nn.Linear(m, C)``'s bound
+    ``1 / sqrt(m)``, in the same order), so they compute the same function.
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        num_classes: int,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        fused: bool,
+    ) -> None:
+        super().__init__()
+        self.dims, self.num_classes, self.fused = list(dims), num_classes, fused
+        self.register_buffer("mean", mean)
+        self.register_buffer("inv_std", std.reciprocal())
+        width, P, C = self.dims[-1], len(self.dims), num_classes
+        weights, biases = [], []
+        for m in self.dims:
+            bound = 1.0 / math.sqrt(m)
+            weights.append(torch.empty(C, m).uniform_(-bound, bound))
+            biases.append(torch.empty(C).uniform_(-bound, bound))
+        if fused:
+            w, mask = torch.zeros(P * C, width), torch.zeros(P * C, width)
+            for p, (m, wp) in enumerate(zip(self.dims, weights, strict=True)):
+                w[p * C : (p + 1) * C, :m] = wp
+                mask[p * C : (p + 1) * C, :m] = 1.0
+            self.weight = torch.nn.Parameter(w)
+            self.bias = torch.nn.Parameter(torch.cat(biases))
+            self.register_buffer("mask", mask)
+        else:
+            self.weights = torch.nn.ParameterList(weights)
+            self.biases = torch.nn.ParameterList(biases)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            w = self.weight * self.mask * self.inv_std
+            logits = torch.addmm(self.bias - w @ self.mean, x, w.T)
+            return logits.view(len(x), len(self.dims), self.num_classes)
+        out = []
+        for m, w, b in zip(self.dims, self.weights, self.biases, strict=True):
+            ws = w * self.inv_std[:m]
+            out.append(torch.addmm(b - ws @ self.mean[:m], x[:, :m], ws.T))
+        return torch.stack(out, 1)
 
 
 def _train(
-    train_x: np.ndarray,
+    x: torch.Tensor,
     train_y: np.ndarray,
+    mean: torch.Tensor,
+    std: torch.Tensor,
     dims: list[int],
     num_classes: int,
     epochs: int,
@@ -109,26 +177,29 @@ def _train(
     weight_decay: float,
     seed: int,
     batch_size: int,
-) -> tuple[MRLHead, torch.Tensor, torch.Tensor]:
-    """Fit every prefix's probe in one loop; returns the heads and the train mean / std."""
-    x = torch.from_numpy(train_x[:, : dims[-1]])  # a view: batches are standardised on the fly
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    fused: bool | None = None,
+) -> Probes:
+    """Fit every prefix's probe in one loop on the raw features ``x`` (a view)."""
     y = torch.from_numpy(train_y)
     gen = torch.Generator().manual_seed(seed)
+    if fused is None:
+        fused = batch_size * len(dims) * dims[-1] * num_classes < 2**28
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = MRLHead(dims, num_classes)
-    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+        probes = Probes(dims, num_classes, mean, std, fused)
+    opt = torch.optim.Adam(probes.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(x) / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))
     )
+    P = len(dims)
     for _ in range(epochs):
         for batch in torch.randperm(len(x), generator=gen).split(batch_size):
-            xb, yb = (x[batch] - mean) / std, y[batch]
-            loss = sum(F.cross_entropy(logits, yb) for logits in head(xb).values())
+            logits, yb = probes(x[batch]), y[batch]
+            # mean over (batch, prefix) times P = the sum of the per-prefix mean CEs
+            loss = F.cross_entropy(logits.transpose(1, 2), yb[:, None].expand(-1, P)) * P
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    return head, mean, std
+    return probes

@@ -1,17 +1,31 @@
-"""Exact nearest-neighbour search with FAISS, once per prefix.
+"""Exact nearest-neighbour search at every prefix size in one pass over the data.
 
 Conventions
 -----------
-* Similarity is the inner product. Inputs are expected to be L2-normalised already, so the
-  inner product *is* the cosine similarity; :func:`prefix_neighbors` slices each prefix
-  first and then normalises it (``truncate(z, m, normalize=True)``).
+* Similarity is the inner product. :func:`exact_search` takes vectors as given (pass
+  L2-normalised ones and the inner product *is* the cosine similarity);
+  :func:`prefix_neighbors` slices each prefix and then L2-normalises it
+  (``truncate(z, m, normalize=True)``), so its scores are cosine similarities.
 * Database = train embeddings, queries = test embeddings (DESIGN.md section 3).
 * Results are sorted by decreasing score: ``scores`` is float32 ``(n_queries, k)``,
-  ``indices`` int64 ``(n_queries, k)`` rows of the database. :func:`exact_search` orders
-  tied scores by increasing database index (FAISS itself leaves their order unspecified);
-  which of several items tied at the k-th place is returned is still FAISS's choice.
-* One search per prefix at the largest ``k`` any evaluator needs; kNN and retrieval then
-  read the first columns of the same result.
+  ``indices`` int64 ``(n_queries, k)`` rows of the database. Tied scores are ordered by
+  increasing database index; which of several items tied at the k-th place is returned is
+  the heap's choice.
+* One search at the largest ``k`` any evaluator needs; kNN and retrieval then read the first
+  columns of the same result.
+
+How (CPU)
+---------
+Scores are computed block by block (a chunk of queries against a chunk of the database) with
+one BLAS matrix product into a reused buffer, and the top ``k`` of each row is kept by FAISS's
+heaps (``float_minheap_array_t``, the selection ``IndexFlatIP.search`` uses). For several
+prefixes :func:`prefix_neighbors` does *not* search once per prefix: the raw inner products
+of prefix ``m_i`` are those of ``m_{i-1}`` plus the products of dims ``m_{i-1}..m_i``
+(``addmm`` into the same buffer), scaled per column by the database's prefix inverse norm
+(the query's is a per-row constant, applied to the ``k`` kept scores). All prefixes thus
+cost one matrix product at the largest prefix plus one scaling and one heap pass each,
+instead of a full search each. With a GPU FAISS build and a GPU (``use_gpu``), each prefix
+is searched by a GPU ``IndexFlatIP`` instead.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from collections.abc import Sequence
 
 import faiss
 import numpy as np
+import torch
 
 from mrl.errors import MRLError
 from mrl.eval._checks import as_matrix, positive_int, prefix_dims
@@ -27,10 +42,21 @@ from mrl.nesting import truncate
 
 Neighbors = dict[int, tuple[np.ndarray, np.ndarray]]
 
+#: bytes of score buffers one block of the CPU search may hold (two ``q x n`` float32 arrays)
+BLOCK_BYTES = 1 << 29
+EPS = 1e-12  # as truncate(normalize=True): zero rows stay zero
+
 
 def faiss_has_gpu() -> bool:
     """True when the installed FAISS was built with GPU support and sees a GPU."""
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+def _resolve_gpu(use_gpu: bool | None) -> bool:
+    gpu = faiss_has_gpu() if use_gpu is None else bool(use_gpu)
+    if gpu and not faiss_has_gpu():
+        raise MRLError("use_gpu=True but FAISS sees no GPU; install faiss-gpu or use use_gpu=None")
+    return gpu
 
 
 def flat_ip_index(database: np.ndarray, use_gpu: bool | None = None) -> faiss.Index:
@@ -40,11 +66,8 @@ def flat_ip_index(database: np.ndarray, use_gpu: bool | None = None) -> faiss.In
     None uses a GPU when :func:`faiss_has_gpu`.
     """
     database = as_matrix(database, "database")
-    gpu = faiss_has_gpu() if use_gpu is None else bool(use_gpu)
-    if gpu and not faiss_has_gpu():
-        raise MRLError("use_gpu=True but FAISS sees no GPU; install faiss-gpu or use use_gpu=None")
     index = faiss.IndexFlatIP(database.shape[1])
-    if gpu:
+    if _resolve_gpu(use_gpu):
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(database)
     return index
@@ -63,6 +86,103 @@ def search_index(
     return scores, indices
 
 
+class TopK:
+    """Running top-``k`` (largest first) of each of ``q`` rows, fed blocks of columns.
+
+    Wraps FAISS's ``float_minheap_array_t``: ``add(block, first_id)`` offers a C-contiguous
+    float32 ``(q, b)`` block whose column ``j`` is database item ``first_id + j``;
+    :meth:`result` sorts the heaps and returns ``(scores, ids)`` of shape ``(q, k)``.
+    """
+
+    def __init__(self, q: int, k: int):
+        self.scores = np.empty((q, k), dtype=np.float32)
+        self.ids = np.empty((q, k), dtype=np.int64)
+        self.heap = faiss.float_minheap_array_t()
+        self.heap.nh, self.heap.k = q, k
+        self.heap.val, self.heap.ids = faiss.swig_ptr(self.scores), faiss.swig_ptr(self.ids)
+        self.heap.heapify()
+
+    def add(self, block: np.ndarray, first_id: int) -> None:
+        q, b = block.shape
+        if q != self.heap.nh or not block.flags.c_contiguous or block.dtype != np.float32:
+            raise ValueError("TopK.add needs a C-contiguous float32 block with one row per query")
+        self.heap.addn(b, faiss.swig_ptr(block), int(first_id), 0, q)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self.heap.reorder()
+        return self.scores, self.ids
+
+
+def _ties_by_index(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((indices, -scores), axis=1)  # ties: lower database index first
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
+
+
+def _inverse_prefix_norms(x: torch.Tensor, dims: Sequence[int]) -> list[torch.Tensor]:
+    """``1 / max(||x[:, :m]||, eps)`` for every ``m``, from cumulative block sums of squares."""
+    out, sq, prev = [], torch.zeros(len(x), dtype=torch.float64), 0
+    for m in dims:
+        sq = sq + x[:, prev:m].double().square().sum(1)
+        out.append(sq.sqrt().clamp_min(EPS).reciprocal().float())
+        prev = m
+    return out
+
+
+def _cpu_prefix_search(
+    database: np.ndarray,
+    queries: np.ndarray,
+    dims: Sequence[int],
+    k: int,
+    normalize: bool,
+    query_chunk: int,
+    block_bytes: int | None = None,
+) -> Neighbors:
+    """Blocked exact search at every prefix in ``dims`` (see the module docstring)."""
+    block_bytes = block_bytes or BLOCK_BYTES
+    db, qs = torch.from_numpy(database), torch.from_numpy(queries)
+    n, nq = len(db), len(qs)
+    db_block = min(n, max(k, block_bytes // (8 * min(nq, query_chunk))))
+    q_block = max(1, min(query_chunk, nq, block_bytes // (8 * db_block)))
+    flat_s = torch.empty(q_block * db_block)
+    flat_c = torch.empty(q_block * db_block) if normalize else None
+    inv_db = _inverse_prefix_norms(db, dims) if normalize else None
+    out = {m: (np.empty((nq, k), np.float32), np.empty((nq, k), np.int64)) for m in dims}
+    for q0 in range(0, nq, q_block):
+        q = qs[q0 : q0 + q_block]
+        inv_q = _inverse_prefix_norms(q, dims) if normalize else None
+        heaps = [TopK(len(q), k) for _ in dims]
+        for d0 in range(0, n, db_block):
+            x = db[d0 : d0 + db_block]
+            s = flat_s[: len(q) * len(x)].view(len(q), len(x))
+            prev = 0
+            for i, m in enumerate(dims):
+                if i == 0:
+                    torch.mm(q[:, :m], x[:, :m].T, out=s)
+                else:
+                    s.addmm_(q[:, prev:m], x[:, prev:m].T)
+                prev = m
+                if normalize:
+                    c = flat_c[: s.numel()].view_as(s)
+                    torch.mul(s, inv_db[i][d0 : d0 + len(x)], out=c)
+                    heaps[i].add(c.numpy(), d0)
+                else:
+                    heaps[i].add(s.numpy(), d0)
+        for i, m in enumerate(dims):
+            scores, ids = heaps[i].result()
+            if normalize:
+                scores *= inv_q[i].numpy()[:, None]
+            out[m][0][q0 : q0 + len(q)], out[m][1][q0 : q0 + len(q)] = scores, ids
+    return {m: _ties_by_index(*out[m]) for m in dims}
+
+
+def _check_k(k: int, n: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise MRLError(f"k={k!r} must be a positive integer")
+    if k > n:
+        raise MRLError(f"k={k} is larger than the database ({n} items); use k <= {n}")
+    return int(k)
+
+
 def exact_search(
     database: np.ndarray,
     queries: np.ndarray,
@@ -70,14 +190,15 @@ def exact_search(
     use_gpu: bool | None = None,
     query_chunk: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` inner-product search (FAISS ``IndexFlatIP``).
+    """Exact top-``k`` inner-product search.
 
     Args:
         database: ``(n, d)`` vectors, expected L2-normalised (then IP = cosine).
         queries: ``(q, d)`` vectors, expected L2-normalised.
         k: neighbours per query, ``1 <= k <= n``.
-        use_gpu: True: GPU index; False: CPU; None: GPU when FAISS has one.
-        query_chunk: queries searched per call, bounding the working memory.
+        use_gpu: True: FAISS GPU ``IndexFlatIP``; False: the blocked CPU search (BLAS
+            products, FAISS heaps); None: GPU when FAISS has one.
+        query_chunk: at most this many queries per block, bounding the working memory.
 
     Returns:
         ``(scores, indices)``: float32 and int64 arrays of shape ``(q, k)``, best first,
@@ -90,17 +211,13 @@ def exact_search(
             f"queries have width {queries.shape[1]} but the database has width "
             f"{database.shape[1]}; both must be the same prefix"
         )
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise MRLError(f"k={k!r} must be a positive integer")
-    if k > len(database):
-        raise MRLError(
-            f"k={k} is larger than the database ({len(database)} items); use k <= {len(database)}"
-        )
+    k = _check_k(k, len(database))
     query_chunk = positive_int(query_chunk, "query_chunk")
-    index = flat_ip_index(database, use_gpu)
-    scores, indices = search_index(index, queries, int(k), query_chunk)
-    order = np.lexsort((indices, -scores), axis=1)  # ties: lower database index first
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
+    if _resolve_gpu(use_gpu):
+        index = flat_ip_index(database, True)
+        return _ties_by_index(*search_index(index, queries, k, query_chunk))
+    d = database.shape[1]
+    return _cpu_prefix_search(database, queries, [d], k, False, query_chunk)[d]
 
 
 def prefix_neighbors(
@@ -113,8 +230,10 @@ def prefix_neighbors(
 ) -> Neighbors:
     """Top-``k`` train neighbours of every test item, at every prefix size.
 
-    For each ``m`` in ``dims``: ``truncate(., m, normalize=True)`` on both sides (slice, then
-    L2-normalise), then :func:`exact_search` (cosine similarity).
+    For each ``m`` in ``dims``: the exact cosine neighbours of ``truncate(., m,
+    normalize=True)`` (slice, then L2-normalise) on both sides. On CPU all prefixes come
+    from one blocked pass (cumulative inner products, see the module docstring); with
+    ``use_gpu`` each prefix is searched by a FAISS GPU index.
 
     Returns:
         ``{m: (scores, indices)}`` with arrays of shape ``(n_test, k)``, keys sorted.
@@ -125,13 +244,18 @@ def prefix_neighbors(
         raise MRLError(
             f"test_x has width {test_x.shape[1]} but train_x has width {train_x.shape[1]}"
         )
-    return {
-        m: exact_search(
-            truncate(train_x, m, normalize=True),
-            truncate(test_x, m, normalize=True),
-            k,
-            use_gpu=use_gpu,
-            query_chunk=query_chunk,
-        )
-        for m in prefix_dims(dims, train_x.shape[1])
-    }
+    dims = prefix_dims(dims, train_x.shape[1])
+    k = _check_k(k, len(train_x))
+    query_chunk = positive_int(query_chunk, "query_chunk")
+    if _resolve_gpu(use_gpu):
+        return {
+            m: exact_search(
+                truncate(train_x, m, normalize=True),
+                truncate(test_x, m, normalize=True),
+                k,
+                use_gpu=True,
+                query_chunk=query_chunk,
+            )
+            for m in dims
+        }
+    return _cpu_prefix_search(train_x, test_x, dims, k, True, query_chunk)
