@@ -59,10 +59,8 @@ def linear_probe(
         seed: seeds the probe initialisation and the minibatch order.
         batch_size: minibatch size.
         num_threads: torch intra-op threads while the probes train (restored afterwards).
-            ``None``: 1 thread when a step is small (``batch_size * sum(dims) *
-            num_classes < 2**26`` multiply-adds), else torch's current setting. Small
-            matmuls gain nothing from threads and lose much to contention on a busy CPU
-            (measured 10x slower with 2 threads than 1 on 2 shared cores).
+            ``None``: 1 thread when a step is tiny (under ``2**22`` multiply-adds, where
+            threads only add synchronisation), else torch's current setting.
 
     Returns:
         ``{"probe/top1@d{m}": accuracy}``.
@@ -84,7 +82,7 @@ def linear_probe(
     mean, std = mean.float(), var.sqrt().float().clamp_min(1e-6)
     previous = torch.get_num_threads()
     if num_threads is None:
-        num_threads = 1 if batch_size * sum(dims) * num_classes < 2**26 else previous
+        num_threads = 1 if _step_macs(batch_size, dims, num_classes) < 2**22 else previous
     torch.set_num_threads(positive_int(num_threads, "num_threads"))
     try:
         probes = _train(
@@ -99,6 +97,17 @@ def linear_probe(
     finally:
         torch.set_num_threads(previous)
     return {f"probe/top1@d{m}": int(c) / len(test_x) for m, c in zip(dims, correct, strict=True)}
+
+
+def _fused(batch_size: int, dims: Sequence[int], num_classes: int) -> bool:
+    """One masked product (``P * max(dims)`` columns) when a step is small, else one per prefix."""
+    return batch_size * len(dims) * dims[-1] * num_classes < 2**28
+
+
+def _step_macs(batch_size: int, dims: Sequence[int], num_classes: int) -> int:
+    """Multiply-adds of one forward step of all probes."""
+    width = len(dims) * dims[-1] if _fused(batch_size, dims, num_classes) else sum(dims)
+    return batch_size * width * num_classes
 
 
 def _var_mean(x: torch.Tensor, chunk: int = 1 << 14) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +192,7 @@ def _train(
     y = torch.from_numpy(train_y)
     gen = torch.Generator().manual_seed(seed)
     if fused is None:
-        fused = batch_size * len(dims) * dims[-1] * num_classes < 2**28
+        fused = _fused(batch_size, dims, num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         probes = Probes(dims, num_classes, mean, std, fused)

@@ -43,7 +43,7 @@ from mrl.nesting import truncate
 Neighbors = dict[int, tuple[np.ndarray, np.ndarray]]
 
 #: bytes of score buffers one block of the CPU search may hold (two ``q x n`` float32 arrays)
-BLOCK_BYTES = 1 << 29
+BLOCK_BYTES = 1 << 26
 EPS = 1e-12  # as truncate(normalize=True): zero rows stay zero
 
 
