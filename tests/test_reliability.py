@@ -307,3 +307,33 @@ def test_runs_started_together_never_share_a_run_dir():
     (run1, sweep1), (run2, sweep2) = outs
     assert run1 != run2 and sweep1 != sweep2
     assert run1.rsplit("_", 1)[1] != run2.rsplit("_", 1)[1]  # the per-process random id
+
+
+def test_embedding_cache_memory_maps_in_place(tmp_path):
+    """mmap=True maps each array of an uncompressed .npz (no read into RAM) and gives the
+    same values; a compressed cache is refused with a clear message, as are pickles."""
+    from mrl.evaluate import load_embeddings, save_embeddings
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train_x": rng.standard_normal((300, 16)).astype(np.float32),
+        "train_y": rng.integers(0, 5, 300),
+        "test_x": rng.standard_normal((40, 16)).astype(np.float32),
+        "test_y": rng.integers(0, 5, 40),
+    }
+    cache = tmp_path / "embeddings.npz"
+    save_embeddings(cache, arrays, {"ckpt": "x"})
+    mapped = load_embeddings(cache, mmap=True)
+    for k, v in arrays.items():
+        assert isinstance(mapped[k], np.memmap), k
+        np.testing.assert_array_equal(mapped[k], v)
+    mapped["train_x"][0, 0] = 123.0  # copy-on-write: the file is not changed
+    assert load_embeddings(cache)["train_x"][0, 0] == arrays["train_x"][0, 0]
+    squeezed = tmp_path / "small.npz"
+    np.savez_compressed(squeezed, **arrays)
+    with pytest.raises(MRLError, match="'train_x' is compressed and cannot be memory-mapped"):
+        load_embeddings(squeezed, mmap=True)
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, train_x=np.array([object()], dtype=object), train_y=np.zeros(1))
+    with pytest.raises(MRLError, match="holds Python objects"):
+        load_embeddings(evil, mmap=True)

@@ -117,19 +117,75 @@ def save_embeddings(path: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[
 
 
 def load_embeddings(path: str | Path, mmap: bool = False) -> dict[str, np.ndarray]:
-    """Read a cache written by :func:`save_embeddings` (``allow_pickle=False``)."""
+    """Read a cache written by :func:`save_embeddings` (``allow_pickle=False``).
+
+    ``mmap=True`` memory-maps every array in place inside the (uncompressed) ``.npz``
+    instead of reading it (copy-on-write maps: nothing is written back), so a
+    million-vector cache costs no RAM up front and evaluators read it block by block.
+    Compressed members (``np.savez_compressed``) cannot be mapped and are refused.
+    """
     path = Path(path)
     if not path.is_file():
         raise MRLError(f"embeddings cache {path} does not exist; run eval.py with a ckpt_path")
     try:
-        with np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None) as f:
-            arrays = {k: f[k] for k in f.files}
+        if mmap:
+            arrays = _npz_memmap(path)
+        else:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+    except MRLError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise MRLError(f"embeddings cache {path} is unreadable: {e}") from e
     for k in ("train_x", "train_y", "test_x", "test_y"):
         if k not in arrays:
             raise MRLError(f"embeddings cache {path} lacks array {k!r}; it has {sorted(arrays)}")
     return arrays
+
+
+def _npz_memmap(path: Path) -> dict[str, np.ndarray]:
+    """``{name: np.memmap}`` of the uncompressed ``.npy`` members of an ``.npz`` file."""
+    import struct
+    import zipfile
+
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            name = info.filename[: -len(".npy")]
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise MRLError(
+                    f"embeddings cache {path}: array {name!r} is compressed and cannot be "
+                    "memory-mapped; save it with np.savez (uncompressed) or use mmap=False"
+                )
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+            if local[:4] != b"PK\x03\x04":
+                raise MRLError(f"embeddings cache {path}: bad zip entry for {name!r}")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            raw.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(raw)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read(raw, max_header_size=100_000)
+            if dtype.hasobject:
+                raise MRLError(
+                    f"embeddings cache {path}: array {name!r} holds Python objects; "
+                    "refused (no pickles)"
+                )
+            out[name] = np.memmap(
+                path,
+                dtype=dtype,
+                mode="c",
+                offset=raw.tell(),
+                shape=shape,
+                order="F" if fortran else "C",
+            )
+    return out
 
 
 def cached_embeddings(module, dm, cache: Path, meta: dict[str, Any], device, use_cache: bool):
@@ -409,7 +465,22 @@ def evaluate_run(
         "embeddings_reused": reused,
         **{k: round(v, 2) for k, v in secs.items()},
     }
-    write_json_atomic(out_dir / "eval_timing.json", timing)
+    report(final, metrics, dims, out_dir, timing, title, plots, loggers)
+    return final
+
+
+def report(
+    final: Mapping[str, float],
+    metrics: Mapping[str, float],
+    dims: Sequence[int],
+    out_dir: Path,
+    timing: Mapping[str, Any],
+    title: str,
+    plots: bool = True,
+    loggers: Sequence[Any] = (),
+) -> None:
+    """Timing file, PNG plot, W&B tables/plots and the printed per-prefix table."""
+    write_json_atomic(out_dir / "eval_timing.json", dict(timing))
     curves = per_prefix_curves(final, dims)
     if plots:
         plot_curves(curves, out_dir / "plots" / "metric_vs_dim.png", title)
@@ -418,8 +489,7 @@ def evaluate_run(
     for k in sorted(final):
         if k.startswith(("adaptive_cls/", "adaptive_ret/")):
             print(f"  {k} = {final[k]:.4g}")
-    print(f"timing (s): {timing}\nrun dir: {out_dir}")
-    return final
+    print(f"timing (s): {dict(timing)}\nrun dir: {out_dir}")
 
 
 def eval_task(cfg) -> dict[str, float]:
@@ -436,7 +506,7 @@ def eval_task(cfg) -> dict[str, float]:
     loggers: list = []
     try:
         if cfg.get("embeddings"):
-            arrays = load_embeddings(cfg.embeddings)
+            arrays = load_embeddings(cfg.embeddings, mmap=True)
             width = arrays["train_x"].shape[1]
             dims = eval_dims([], extra, width) or auto_dims(width)
             no_heads = [e for e in evaluators if e in ("linear", "adaptive_cls")]
@@ -446,8 +516,10 @@ def eval_task(cfg) -> dict[str, float]:
                     "probe, knn, retrieval, fewshot, adaptive_ret"
                 )
             num_classes = int(max(arrays["train_y"].max(), arrays["test_y"].max()) + 1)
-            metrics, _ = run_evaluators(arrays, evaluators, dims, num_classes)
+            metrics, secs = run_evaluators(arrays, evaluators, dims, num_classes)
             final = update_metrics_json(out / "metrics.json", metrics)
+            timing = {k: round(v, 2) for k, v in secs.items()}
+            report(final, metrics, dims, out, timing, str(cfg.embeddings), bool(cfg.get("plots")))
             info.update(status="completed")
             return final
         ckpt = Path(str(cfg.ckpt_path)).expanduser()
