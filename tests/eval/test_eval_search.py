@@ -133,3 +133,15 @@ def test_topk_heap_over_blocks_equals_sorting():
     np.testing.assert_array_equal(scores, np.take_along_axis(s, ref, 1))
     with pytest.raises(ValueError, match="C-contiguous float32"):
         heap.add(s[:, ::2], 0)
+
+
+def test_exact_search_wide_vectors_use_faiss_knn_and_match_brute_force():
+    from mrl.eval.search import FAISS_MIN_DIM
+
+    rng = np.random.default_rng(5)
+    d = FAISS_MIN_DIM + 8
+    db, q = _unit(rng.standard_normal((120, d))), _unit(rng.standard_normal((9, d)))
+    scores, idx = exact_search(db, q, k=11, query_chunk=4)
+    ref_scores, ref_idx = brute_force(db, q, 11)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
