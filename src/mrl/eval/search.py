@@ -42,14 +42,12 @@ from mrl.nesting import truncate
 
 Neighbors = dict[int, tuple[np.ndarray, np.ndarray]]
 
-#: bytes of score buffers one block of the CPU search may hold (two ``q x n`` float32 arrays);
-#: small enough to stay in a 32 MB L3 cache (measured: 2.3x faster than 64 MB blocks for a
-#: 16-d search of 1M vectors, equal at 512-d)
-BLOCK_BYTES = 1 << 24
+#: bytes of score buffers one block of the CPU search may hold (two ``q x n`` float32 arrays)
+BLOCK_BYTES = 1 << 26
 #: from this width on, :func:`exact_search` calls FAISS's own flat kernel (``faiss.knn``):
 #: the search is then bound by the matrix product, where FAISS's BLAS measured faster than
 #: torch's on this project's CPU (1M x 2048: 34 s vs 50 s); below it, by selecting the top k
-#: of many cheap scores, where the blocked search is faster (1M x 16, k=200: 1.2 s vs 11 s)
+#: of many cheap scores, where the blocked search is faster (1M x 16, k=200: 2.5-3.8 s vs 11 s)
 FAISS_MIN_DIM = 256
 EPS = 1e-12  # as truncate(normalize=True): zero rows stay zero
 
