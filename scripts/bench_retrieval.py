@@ -8,15 +8,15 @@ Million scale (``adaptive_1m``, run in its own process so its peak RSS is its ow
   chunks with plain reads (a memory map would add the file's pages to this process's RSS).
   ``N`` is scaled down, with a note, when the disk (< 12 GB free) or RAM is too small.
 * Built outside the timed region: one preallocated array of the L2-normalised full vectors
-  (the exact baseline and the rerank store; FAISS reads it in place), ``IndexFlatIP(16)``
-  and ``IndexHNSWFlat(16, M=32)`` of the sliced-then-normalised 16-d prefixes.
+  (the exact baseline and the rerank store; FAISS reads it in place), an array of the
+  sliced-then-normalised 16-d prefixes (the flat shortlist scans it) and
+  ``IndexHNSWFlat(16, M=32)`` built from it.
 * Timed, interleaved, median: exact top-10 at 2048 and the flat 16-d shortlist of K=200, both
   with :func:`mrl.eval.search.exact_search` (at 2048: FAISS's flat kernel ``faiss.knn``, the
   faster one there; at 16: blocked BLAS products into a cache-sized buffer + FAISS heaps,
   the faster one there); the HNSW shortlist; each shortlist then reranked at 2048 with FAISS
-  by-index inner products (``fvec_inner_products_by_idx``, what
-  :func:`mrl.eval.adaptive.rerank_scores` calls through ``compute_distance_subset``; an
-  ``IndexFlatIP`` filled chunk by chunk would double its storage while growing). Query
+  by-index inner products (:func:`mrl.eval.adaptive.rerank_scores`, which reads the array
+  in place; an ``IndexFlatIP`` filled chunk by chunk would double its storage while growing). Query
   slicing and normalisation are inside the timed region.
 
 Fashion-MNIST (``adaptive_fmnist``)
@@ -141,6 +141,7 @@ def adaptive_1m(
 ) -> list[dict[str, Any]]:
     import faiss
 
+    from mrl.eval.adaptive import rerank_scores
     from mrl.eval.retrieval import map_at_k
     from mrl.eval.search import exact_search
     from mrl.nesting import truncate
@@ -182,19 +183,8 @@ def adaptive_1m(
 
     def rerank(ids: np.ndarray) -> np.ndarray:
         """Top-k of each query's candidates by full-width inner product, gathered by id
-        inside FAISS (``fvec_inner_products_by_idx``; -1 ids score -inf)."""
-        qd = np.ascontiguousarray(truncate(q, d, normalize=True))
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        scores = np.empty(ids.shape, dtype=np.float32)
-        faiss.fvec_inner_products_by_idx(
-            faiss.swig_ptr(scores),
-            faiss.swig_ptr(qd),
-            faiss.swig_ptr(xb),
-            faiss.swig_ptr(ids),
-            d,
-            len(qd),
-            ids.shape[1],
-        )
+        inside FAISS (:func:`mrl.eval.adaptive.rerank_scores`)."""
+        scores = rerank_scores(xb, truncate(q, d, normalize=True), ids)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(ids, order, axis=1)
 

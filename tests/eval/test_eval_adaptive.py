@@ -1,4 +1,3 @@
-import faiss
 import numpy as np
 import pytest
 
@@ -96,10 +95,8 @@ def test_rerank_scores_match_numpy():
     db = rng.standard_normal((500, 24)).astype(np.float32)
     q = rng.standard_normal((7, 24)).astype(np.float32)
     ids = rng.integers(0, 500, (7, 30))
-    index = faiss.IndexFlatIP(24)
-    index.add(db)
     np.testing.assert_allclose(
-        rerank_scores(index, q, ids), np.einsum("qd,qkd->qk", q, db[ids]), rtol=1e-5, atol=1e-5
+        rerank_scores(db, q, ids), np.einsum("qd,qkd->qk", q, db[ids]), rtol=1e-5, atol=1e-5
     )
 
 

@@ -25,14 +25,14 @@ Adaptive retrieval
   later stage re-scores only the survivors of the previous one and keeps the best ``keep``.
   The default funnel is ``[(d_shortlist, shortlist_k), (d_rerank, k)]`` (paper: 16-d
   shortlist of 200, reranked at 2048-d).
-* Reranking gathers candidates by id inside FAISS (``IndexFlat.compute_distance_subset``),
+* Reranking gathers candidates by id inside FAISS (``fvec_inner_products_by_idx``),
   not with numpy fancy indexing plus einsum (which copies ``K x D`` floats per query).
 * Compared with exact top-k search at the last stage's dim: mAP@k (the paper's /k
   convention, :func:`mrl.eval.retrieval.map_at_k`), top-1 (1-NN label accuracy),
   theoretical FLOPs per query (``N * D_r`` against ``N * D_1 + sum_i keep_{i-1} * D_i``) and
   wall-clock (median over ``repeats``, same process, CPU; index building excluded, query
-  slicing and normalisation included). The exact baseline and the first stage use the same
-  engine, :func:`mrl.eval.search.exact_search` (blocked BLAS products, FAISS heaps).
+  slicing and normalisation included). The exact baseline and the first stage both call
+  :func:`mrl.eval.search.exact_search`.
 """
 
 from __future__ import annotations
@@ -222,24 +222,25 @@ def adaptive_classification(
 # ----------------------------------------------------------------------------- retrieval
 
 
-def rerank_scores(
-    index: faiss.IndexFlat, queries: np.ndarray, candidates: np.ndarray
-) -> np.ndarray:
-    """Inner products of each query with its own candidate rows of a flat index.
+def rerank_scores(database: np.ndarray, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Inner products of each query with its own candidate rows of ``database``.
 
-    ``queries``: ``(q, d)``; ``candidates``: ``(q, K)`` database ids. Returns ``(q, K)``
-    float32, computed inside FAISS (``compute_distance_subset``) without gathering the
-    ``q x K x d`` candidate vectors into a numpy array.
+    ``database``: ``(N, d)`` float32, C-contiguous (read in place); ``queries``: ``(q, d)``;
+    ``candidates``: ``(q, K)`` row ids. Returns ``(q, K)`` float32, computed inside FAISS
+    (``fvec_inner_products_by_idx``) without gathering the ``q x K x d`` candidate vectors.
     """
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    database = as_matrix(database, "database")
+    queries = as_matrix(queries, "queries")
     candidates = np.ascontiguousarray(candidates, dtype=np.int64)
     out = np.empty(candidates.shape, dtype=np.float32)
-    index.compute_distance_subset(
-        len(queries),
-        faiss.swig_ptr(queries),
-        candidates.shape[1],
+    faiss.fvec_inner_products_by_idx(
         faiss.swig_ptr(out),
+        faiss.swig_ptr(queries),
+        faiss.swig_ptr(database),
         faiss.swig_ptr(candidates),
+        database.shape[1],
+        len(queries),
+        candidates.shape[1],
     )
     return out
 
@@ -316,13 +317,9 @@ def adaptive_retrieval(
     stages = _funnel(funnel, d_shortlist, d_rerank, shortlist_k, k, width, n)
     d_final = stages[-1][0]
 
-    # built once, outside the timed region: the normalised prefixes (the flat "index" the
-    # blocked exact search scans) and FAISS flat indexes for the by-id rerank
+    # built once, outside the timed region: the normalised prefixes, which the exact
+    # searches scan and the rerank reads by id (one copy per stage dim)
     stored = {d: truncate(database, d, normalize=True) for d in {d for d, _ in stages}}
-    indexes = {}
-    for d in {d for d, _ in stages[1:]}:
-        indexes[d] = faiss.IndexFlatIP(d)
-        indexes[d].add(stored[d])
 
     def search(d: int, keep: int) -> np.ndarray:
         q = truncate(queries, d, normalize=True)
@@ -335,7 +332,7 @@ def adaptive_retrieval(
         d0, keep0 = stages[0]
         ids = search(d0, keep0)
         for d, keep in stages[1:]:
-            scores = rerank_scores(indexes[d], truncate(queries, d, normalize=True), ids)
+            scores = rerank_scores(stored[d], truncate(queries, d, normalize=True), ids)
             order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
             ids = np.take_along_axis(ids, order, axis=1)
         return ids[:, :k]
