@@ -100,6 +100,20 @@ def test_rerank_scores_match_numpy():
     )
 
 
+def test_rerank_scores_pads_and_checks():
+    db = np.eye(4, dtype=np.float32)
+    q = np.ones((1, 4), dtype=np.float32)
+    np.testing.assert_array_equal(rerank_scores(db, q, np.array([[0, -1, 3]])), [[1, -np.inf, 1]])
+    with pytest.raises(MRLError, match=r"candidate id 4 is outside the database \(0..3"):
+        rerank_scores(db, q, np.array([[0, 4]]))
+    with pytest.raises(MRLError, match="candidate id -2"):
+        rerank_scores(db, q, np.array([[-2, 0]]))
+    with pytest.raises(MRLError, match="queries have width 3 but the database has width 4"):
+        rerank_scores(db, q[:, :3], np.array([[0]]))
+    with pytest.raises(MRLError, match=r"expected \(1, K\)"):
+        rerank_scores(db, q, np.array([0, 1]))
+
+
 @pytest.fixture(scope="module")
 def retrieval_data(make_data):
     return make_data(n_classes=10, per_class_train=200, per_class_test=20, width=64, seed=3)

@@ -226,12 +226,29 @@ def rerank_scores(database: np.ndarray, queries: np.ndarray, candidates: np.ndar
     """Inner products of each query with its own candidate rows of ``database``.
 
     ``database``: ``(N, d)`` float32, C-contiguous (read in place); ``queries``: ``(q, d)``;
-    ``candidates``: ``(q, K)`` row ids. Returns ``(q, K)`` float32, computed inside FAISS
+    ``candidates``: ``(q, K)`` row ids, ``-1`` for none (scores ``-inf``, as FAISS pads
+    short result lists). Returns ``(q, K)`` float32, computed inside FAISS
     (``fvec_inner_products_by_idx``) without gathering the ``q x K x d`` candidate vectors.
+    The shapes and ids are checked first: FAISS reads the rows unchecked.
     """
     database = as_matrix(database, "database")
     queries = as_matrix(queries, "queries")
     candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+    if queries.shape[1] != database.shape[1]:
+        raise MRLError(
+            f"queries have width {queries.shape[1]} but the database has width "
+            f"{database.shape[1]}; both must be the same prefix"
+        )
+    if candidates.ndim != 2 or len(candidates) != len(queries):
+        raise MRLError(
+            f"candidates have shape {candidates.shape}; expected ({len(queries)}, K): "
+            "one row of database ids per query"
+        )
+    if candidates.size and (candidates.min() < -1 or candidates.max() >= len(database)):
+        bad = candidates[(candidates < -1) | (candidates >= len(database))].flat[0]
+        raise MRLError(
+            f"candidate id {bad} is outside the database (0..{len(database) - 1}, or -1 for none)"
+        )
     out = np.empty(candidates.shape, dtype=np.float32)
     faiss.fvec_inner_products_by_idx(
         faiss.swig_ptr(out),
