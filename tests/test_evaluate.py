@@ -102,6 +102,29 @@ def test_cli_subset_of_evaluators_reuses_cache(trained_run, tmp_path):
     r2 = run_cli(*args[:-1], f"hydra.run.dir={tmp_path}/e", "eval=[knn]")
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert json.loads((tmp_path / "e" / "eval_timing.json").read_text())["embeddings_reused"]
+    # dims=[512]: the largest prefix alone, heads included, from the same cache
+    r3 = run_cli(*args[:-2], f"hydra.run.dir={tmp_path}/e", "eval=[linear,knn]", "dims=[512]")
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert [k for k in metrics if k.startswith("linear/")] == ["linear/top1@d512"]
+    assert metrics["linear/top1@d512"] > 0.4  # chance is 0.1
+    assert json.loads((tmp_path / "e" / "eval_timing.json").read_text())["embeddings_reused"]
+    r4 = run_cli(*args[:-1], f"hydra.run.dir={tmp_path}/e", "dims=[0,600]")
+    assert r4.returncode == 2 and "dims=[0, 600]: [0, 600] not integers in 1..512" in r4.stderr
+    assert "Traceback" not in r4.stderr
+
+
+def test_eval_dims_default_extra_and_only():
+    from mrl.evaluate import eval_dims
+
+    assert eval_dims([8, 16, 32], [12], 32) == [8, 12, 16, 32]
+    assert eval_dims([8, 16, 32], [12], 32, only=[32, 8, 32]) == [8, 32]
+    with pytest.raises(MRLError, match=r"eval.extra_dims=\[12, 64\]: \[64\] not integers in 1..32"):
+        eval_dims([8], [12, 64], 32)
+    with pytest.raises(MRLError, match=r"dims=\[\]: give at least one"):
+        eval_dims([8], [], 32, only=[])
+    with pytest.raises(MRLError, match=r"\['a'\] not integers"):
+        eval_dims([8], [], 32, only=["a"])
 
 
 def test_unknown_evaluator_and_missing_inputs(tmp_path):

@@ -214,13 +214,31 @@ def head_logits(module: MRLLitModule, z: np.ndarray, batch: int = 8192) -> dict[
     return {m: np.concatenate(v) for m, v in parts.items()}
 
 
-def eval_dims(trained: Sequence[int], extra: Sequence[int] | None, width: int) -> list[int]:
-    """Trained dims plus ``extra`` (untrained) prefixes, sorted; each must be <= width."""
-    extra = [int(d) for d in (extra or [])]
-    bad = [d for d in extra if not 1 <= d <= width]
-    if bad:
-        raise MRLError(f"eval.extra_dims={extra}: {bad} outside 1..{width} (the embedding width)")
-    return sorted(set(trained) | set(extra))
+def eval_dims(
+    trained: Sequence[int],
+    extra: Sequence[int] | None,
+    width: int,
+    only: Sequence[int] | None = None,
+) -> list[int]:
+    """The prefixes to evaluate, sorted; each must lie in ``1..width``.
+
+    ``only`` (``eval.py dims=[...]``) replaces the default, which is the trained dims plus
+    the ``extra`` (untrained) prefixes; e.g. ``dims=[512]`` evaluates the largest alone.
+    """
+
+    def checked(ds: Sequence[int] | None, name: str) -> list[int]:
+        ds = list(ds or [])
+        bad = [d for d in ds if isinstance(d, bool) or not isinstance(d, (int, np.integer))]
+        bad += [d for d in ds if d not in bad and not 1 <= d <= width]
+        if bad:
+            raise MRLError(f"{name}={ds}: {bad} not integers in 1..{width} (the embedding width)")
+        return [int(d) for d in ds]
+
+    if only is not None:
+        if not list(only):
+            raise MRLError(f"dims=[]: give at least one prefix size in 1..{width}, or dims=null")
+        return sorted(set(checked(only, "dims")))
+    return sorted(set(trained) | set(checked(extra, "eval.extra_dims")))
 
 
 def run_evaluators(
@@ -255,6 +273,8 @@ def run_evaluators(
             raise MRLError("eval 'linear' needs the trained model (ckpt_path)")
         logits = head_logits(module, qx)
         for m, lg in logits.items():
+            if m not in dims:
+                continue
             out[f"linear/top1@d{m}"] = float(np.mean(lg.argmax(1) == qy))
         secs["linear"] = time.time() - t
 
@@ -434,6 +454,7 @@ def evaluate_run(
     *,
     meta: Mapping[str, Any] | None = None,
     extra_dims: Sequence[int] | None = None,
+    dims: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     use_cache: bool = True,
     plots: bool = True,
@@ -457,7 +478,7 @@ def evaluate_run(
     t0 = time.time()
     arrays, reused = cached_embeddings(module, dm, out_dir / CACHE_NAME, meta, device, use_cache)
     t_embed = time.time() - t0
-    dims = eval_dims(module.dims, extra_dims, arrays["train_x"].shape[1])
+    dims = eval_dims(module.dims, extra_dims, arrays["train_x"].shape[1], dims)
     metrics, secs = run_evaluators(arrays, evaluators, dims, int(dm.num_classes), module)
     final = update_metrics_json(out_dir / "metrics.json", metrics)
     timing = {
@@ -501,6 +522,8 @@ def eval_task(cfg) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     evaluators = OmegaConf.to_container(cfg.get("eval") or {}, resolve=True)
     extra = list(cfg.get("extra_dims") or [])
+    only = cfg.get("dims")
+    only = None if only is None else list(only)
     info: dict[str, Any] = {"status": "running", "task": "eval", "evaluators": list(evaluators)}
     write_json_atomic(out / "run.json", info)
     loggers: list = []
@@ -508,7 +531,7 @@ def eval_task(cfg) -> dict[str, float]:
         if cfg.get("embeddings"):
             arrays = load_embeddings(cfg.embeddings, mmap=True)
             width = arrays["train_x"].shape[1]
-            dims = eval_dims([], extra, width) or auto_dims(width)
+            dims = eval_dims([], extra, width, only) or auto_dims(width)
             no_heads = [e for e in evaluators if e in ("linear", "adaptive_cls")]
             if no_heads:
                 raise MRLError(
@@ -554,6 +577,7 @@ def eval_task(cfg) -> dict[str, float]:
             out,
             meta=meta,
             extra_dims=extra,
+            dims=only,
             device=_device(str(cfg.get("device", "auto"))),
             use_cache=bool(cfg.get("cache", True)),
             plots=bool(cfg.get("plots", True)),
