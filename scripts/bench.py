@@ -10,12 +10,15 @@ interleaved repetitions and the median, plus its target and whether it is met. T
 also go to ``--out`` as a JSON list of ``{name, value, target, met, unit, note, ...}``
 (written after each group, so an interrupted run keeps what it measured).
 
-Groups (``--only`` takes group names or prefixes of them):
+Groups (``--only`` takes group names, or prefixes of them: ``eval`` is the one group,
+``ev`` both ``eval`` groups):
 
   train_resnet18   MRL / MRL-E training step vs plain (ff_dim = width), resnet18 28 px
   train_resnet50   the same, resnet50 at 224 px, 3 channels, small batch
   heads            MRL-E heads: one pass over all prefixes vs a loop over prefixes
   eval             kNN + retrieval + linear probe: every prefix vs only the largest
+  eval_fmnist      eval.py's work on real Fashion-MNIST (one embedding pass + evaluators):
+                   every prefix vs only the largest, end to end
   adaptive_1m      adaptive retrieval over 1M x 2048 vectors (own process: its peak RSS)
   adaptive_fmnist  adaptive vs exact mAP@10 on real Fashion-MNIST embeddings
   pipeline         default loader vs default training step, and that process's peak RSS
@@ -56,6 +59,7 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
         "train_resnet50": dict(batch=8, reps=5, img_size=224),
         "heads": dict(n=4096, width=2048, num_classes=1000, reps=7),
         "eval": dict(n=60_000, n_queries=10_000, width=512, reps=2),
+        "eval_fmnist": dict(n_db=None, n_q=None, val_size=5000, reps=2),
         "adaptive_1m": dict(n=1_000_000, d=2048, n_queries=1000, reps=3),
         "adaptive_fmnist": dict(n_db=10_000, n_q=2_000),
         "pipeline": dict(batch=256, reps=3, loader_batches=20),
@@ -66,6 +70,7 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
         "train_resnet50": dict(batch=1, reps=2, img_size=224),
         "heads": dict(n=1024, width=2048, num_classes=1000, reps=3),
         "eval": dict(n=10_000, n_queries=1_000, width=512, reps=1),
+        "eval_fmnist": dict(n_db=1_000, n_q=500, val_size=0, reps=1),
         "adaptive_1m": dict(n=50_000, d=2048, n_queries=200, reps=2),
         "adaptive_fmnist": dict(n_db=1_000, n_q=200),
         "pipeline": dict(batch=16, reps=2, loader_batches=10),
@@ -76,6 +81,7 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
         "train_resnet50": dict(batch=2, reps=1, img_size=32, model="resnet18"),
         "heads": dict(n=128, width=64, num_classes=10, reps=1),
         "eval": dict(n=1_000, n_queries=100, width=64, reps=1),
+        "eval_fmnist": dict(n_db=200, n_q=300, val_size=0, reps=1),
         "adaptive_1m": dict(n=5_000, d=256, n_queries=50, reps=1),
         "adaptive_fmnist": dict(n_db=200, n_q=40),
         "pipeline": dict(batch=4, reps=1, loader_batches=2),
@@ -87,6 +93,7 @@ CPU_GROUPS = [
     "train_resnet50",
     "heads",
     "eval",
+    "eval_fmnist",
     "adaptive_1m",
     "adaptive_fmnist",
     "pipeline",
@@ -115,6 +122,10 @@ def run_group(group: str, scale: str, opts: argparse.Namespace) -> list[dict[str
         from bench_eval import eval_prefixes
 
         return eval_prefixes(**p)
+    if group == "eval_fmnist":
+        from bench_eval import eval_fmnist
+
+        return eval_fmnist(**p, ckpt=opts.fmnist_ckpt)
     if group == "adaptive_1m":
         from bench_retrieval import adaptive_1m
 
@@ -215,7 +226,7 @@ def select(only: list[str] | None, gpu: bool) -> list[str]:
     every = [*CPU_GROUPS, "gpu"]
     chosen = []
     for name in only:
-        hits = [g for g in every if g == name or g.startswith(name)]
+        hits = [name] if name in every else [g for g in every if g.startswith(name)]
         if not hits:
             raise SystemExit(f"--only {name!r}: no such benchmark; choose from {every}")
         chosen += [g for g in hits if g not in chosen]
@@ -239,7 +250,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--fmnist-ckpt",
         default=os.environ.get("MRL_BENCH_FMNIST_CKPT"),
-        help="trained MRL checkpoint for adaptive_fmnist (default: random-init resnet18)",
+        help="trained MRL checkpoint for eval_fmnist and adaptive_fmnist (default: random-init "
+        "resnet18)",
     )
     ap.add_argument(
         "--in-process",

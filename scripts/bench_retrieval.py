@@ -294,23 +294,31 @@ def adaptive_1m(
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
-def _fmnist_embeddings(ckpt: str | None, n_db: int, n_q: int) -> tuple[dict, str]:
-    """Embeddings of a seeded train subset (database) and test subset (queries), cached."""
+def fmnist_module(ckpt: str | None) -> tuple[Any, str, str]:
+    """``(module, description, cache key)``: the checkpoint's model, or a seeded random one."""
     import torch
 
-    from mrl.data import FashionMNISTDataModule
-    from mrl.evaluate import embed_loader, file_fingerprint, load_module
+    from mrl.evaluate import file_fingerprint, load_module
     from mrl.module import MRLLitModule
 
     if ckpt:
         module = load_module(ckpt)
         src = f"trained checkpoint {ckpt} ({module.method}, {module.hparams.model.get('name')})"
-        key = f"ckpt-{file_fingerprint(ckpt)}"
-    else:
-        torch.manual_seed(0)
-        module = MRLLitModule(model={"name": "resnet18"}, num_classes=10, in_chans=1, img_size=28)
-        src = "a RANDOM-INIT MRL resnet18 (seed 0, small-input stem, eval mode; not trained)"
-        key = "resnet18-randinit-s0"
+        return module, src, f"ckpt-{file_fingerprint(ckpt)}"
+    torch.manual_seed(0)
+    module = MRLLitModule(model={"name": "resnet18"}, num_classes=10, in_chans=1, img_size=28)
+    src = "a RANDOM-INIT MRL resnet18 (seed 0, small-input stem, eval mode; not trained)"
+    return module.eval(), src, "resnet18-randinit-s0"
+
+
+def _fmnist_embeddings(ckpt: str | None, n_db: int, n_q: int) -> tuple[dict, str]:
+    """Embeddings of a seeded train subset (database) and test subset (queries), cached."""
+    import torch
+
+    from mrl.data import FashionMNISTDataModule
+    from mrl.evaluate import embed_loader
+
+    module, src, key = fmnist_module(ckpt)
     cache = cache_dir() / f"fmnist_{key}_{n_db}_{n_q}_v1.npz"
     if cache.is_file():
         with np.load(cache) as f:

@@ -75,6 +75,7 @@ def test_smoke_all_groups_write_json(bench_env, capsys):
         "train_step/resnet18_32px",
         "heads/mrl_e_one_pass_fwd_speedup",
         "eval/all_prefixes_vs_largest",
+        "eval/fmnist_end_to_end_all_vs_largest",
         "adaptive_ret/5k_flat_speedup",
         "adaptive_ret/5k_hnsw_speedup",
         "peak_rss/adaptive_5k_gb",
@@ -103,7 +104,7 @@ def test_worker_subprocess_has_its_own_peak_rss(tmp_path):
 
 def test_only_some_groups_in_process(bench_env, capsys):
     out = bench_env / "b.json"
-    assert bench.main(["--smoke", "--only", "heads", "ev", "--out", str(out)]) == 0
+    assert bench.main(["--smoke", "--only", "hea", "eval", "--out", str(out)]) == 0
     assert "name" in capsys.readouterr().out
     rows = json.loads(out.read_text())
     _check_rows(rows)

@@ -446,6 +446,25 @@ def _training_data_cfg(ckpt: Path):
     return None, None
 
 
+def match_data(module: MRLLitModule, dm: Any) -> None:
+    """Check that ``dm`` fits the model (classes, channels) and give it the model's transform.
+
+    The transform is the backbone's timm data config at the data's own image size.
+    """
+    if int(dm.num_classes) != module.hparams.num_classes or int(dm.in_chans) != (
+        module.hparams.in_chans
+    ):
+        raise MRLError(
+            f"checkpoint expects {module.hparams.num_classes} classes / "
+            f"{module.hparams.in_chans} channels but the data {getattr(dm, 'name', '')!r} has "
+            f"{dm.num_classes} / {dm.in_chans}; evaluate on the data it was trained on"
+        )
+    if hasattr(dm, "set_data_config"):
+        data_cfg = module.net.backbone.data_config()
+        data_cfg["input_size"] = (int(dm.in_chans), int(dm.img_size), int(dm.img_size))
+        dm.set_data_config(data_cfg)
+
+
 def evaluate_run(
     module: MRLLitModule,
     dm: Any,
@@ -462,18 +481,7 @@ def evaluate_run(
     title: str = "",
 ) -> dict[str, float]:
     """Embed once, run every evaluator, write ``metrics.json`` + PNG plot, log to W&B."""
-    if int(dm.num_classes) != module.hparams.num_classes or int(dm.in_chans) != (
-        module.hparams.in_chans
-    ):
-        raise MRLError(
-            f"checkpoint expects {module.hparams.num_classes} classes / "
-            f"{module.hparams.in_chans} channels but the data {getattr(dm, 'name', '')!r} has "
-            f"{dm.num_classes} / {dm.in_chans}; evaluate on the data it was trained on"
-        )
-    if hasattr(dm, "set_data_config"):
-        data_cfg = module.net.backbone.data_config()
-        data_cfg["input_size"] = (int(dm.in_chans), int(dm.img_size), int(dm.img_size))
-        dm.set_data_config(data_cfg)
+    match_data(module, dm)
     meta = {**(meta or {}), "data": repr(dm), "transform": str(getattr(dm, "data_config", ""))}
     t0 = time.time()
     arrays, reused = cached_embeddings(module, dm, out_dir / CACHE_NAME, meta, device, use_cache)
