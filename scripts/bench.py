@@ -24,7 +24,7 @@ Groups (``--only`` takes group names, or prefixes of them: ``eval`` is the one g
   pipeline         default loader vs default training step, and that process's peak RSS
   gpu              GPU rows (only with --gpu or --only gpu)
 
-Scales: default = the full benchmark (about 10 minutes on an idle 2-core machine, more
+Scales: default = the full benchmark (about 15 minutes on an idle 2-core machine, more
 when it is shared; the million-vector file is generated once into $MRL_BENCH_CACHE,
 default ~/.cache/mrl/bench); ``--quick`` = smaller sizes, under 2 minutes; ``--smoke`` =
 tiny sizes for the tests (the numbers mean nothing; the "resnet50" group uses a resnet18
