@@ -480,7 +480,11 @@ def evaluate_run(
     loggers: Sequence[Any] = (),
     title: str = "",
 ) -> dict[str, float]:
-    """Embed once, run every evaluator, write ``metrics.json`` + PNG plot, log to W&B."""
+    """Embed once, run every evaluator, write ``metrics.json`` + PNG plot, log to W&B.
+
+    The per-prefix evaluators run at ``dims`` when given, else at the model's trained dims
+    plus ``extra_dims`` (:func:`eval_dims`).
+    """
     match_data(module, dm)
     meta = {**(meta or {}), "data": repr(dm), "transform": str(getattr(dm, "data_config", ""))}
     t0 = time.time()
@@ -531,7 +535,10 @@ def eval_task(cfg) -> dict[str, float]:
     evaluators = OmegaConf.to_container(cfg.get("eval") or {}, resolve=True)
     extra = list(cfg.get("extra_dims") or [])
     only = cfg.get("dims")
-    only = None if only is None else list(only)
+    if only is not None:
+        if isinstance(only, (str, int, float)):
+            raise MRLError(f"dims={only!r} must be a list of prefix sizes, e.g. dims=[{only}]")
+        only = list(only)
     info: dict[str, Any] = {"status": "running", "task": "eval", "evaluators": list(evaluators)}
     write_json_atomic(out / "run.json", info)
     loggers: list = []
