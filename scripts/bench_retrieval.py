@@ -308,7 +308,7 @@ def fmnist_module(ckpt: str | None) -> tuple[Any, str, str]:
     torch.manual_seed(0)
     module = MRLLitModule(model={"name": "resnet18"}, num_classes=10, in_chans=1, img_size=28)
     src = "a RANDOM-INIT MRL resnet18 (seed 0, small-input stem, eval mode; not trained)"
-    return module.eval(), src, "resnet18-randinit-s0"
+    return module, src, "resnet18-randinit-s0"
 
 
 def _fmnist_embeddings(ckpt: str | None, n_db: int, n_q: int) -> tuple[dict, str]:

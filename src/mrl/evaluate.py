@@ -228,8 +228,11 @@ def eval_dims(
 
     def checked(ds: Sequence[int] | None, name: str) -> list[int]:
         ds = list(ds or [])
-        bad = [d for d in ds if isinstance(d, bool) or not isinstance(d, (int, np.integer))]
-        bad += [d for d in ds if d not in bad and not 1 <= d <= width]
+        bad = [
+            d
+            for d in ds
+            if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 1 <= d <= width
+        ]
         if bad:
             raise MRLError(f"{name}={ds}: {bad} not integers in 1..{width} (the embedding width)")
         return [int(d) for d in ds]
