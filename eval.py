@@ -3,9 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from mrl.cli import one_line_errors
-from mrl.evaluate import eval_task
-from mrl.runs import register_resolvers
+from mrl.cli import one_line_errors, register_resolvers
+from mrl.tasks.evaluate import eval_task
 
 register_resolvers()
 

@@ -3,9 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from mrl.cli import one_line_errors
-from mrl.runs import register_resolvers
-from mrl.train import train
+from mrl.cli import one_line_errors, register_resolvers
+from mrl.tasks.train import train
 
 register_resolvers()
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mrl.dims import parse_dims
-from mrl.errors import MRLError
+from mrl.core.dims import parse_dims
+from mrl.core.errors import MRLError
 from mrl.results import write_tables
 
 

@@ -1,6 +1,6 @@
 """Evaluation benchmarks: every prefix against only the largest.
 
-``eval``: the evaluators alone. Both sides call :func:`mrl.evaluate.run_evaluators` with
+``eval``: the evaluators alone. Both sides call :func:`mrl.eval.registry.run_evaluators` with
 kNN + retrieval + linear probe on the same in-memory synthetic embeddings; only ``dims``
 differs (``[8, 16, ..., width]`` vs ``[width]``). ``eval_fmnist``: ``eval.py``'s work on
 real Fashion-MNIST, one embedding pass plus the per-prefix evaluators. The evaluators' own
@@ -10,14 +10,29 @@ profile of where the extra time goes.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from bench_common import Synthetic, interleaved, median, row, set_threads
 
-EVALUATORS = {"knn": {}, "retrieval": {}, "probe": {}}
+EVALUATORS = ["knn", "retrieval", "probe"]
 
 
 WARM_ROWS = 2000  # rows of each split in the warm-up slice (>= the largest retrieval k)
+
+
+def conf_evaluators(names: list[str]) -> dict:
+    """The evaluators ``eval.py eval=[names]`` builds (settings from ``conf/eval/``)."""
+    from hydra import compose, initialize_config_dir
+
+    from mrl.cli import register_resolvers
+    from mrl.eval.registry import build_evaluators
+
+    register_resolvers()
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"eval=[{','.join(names)}]", "ckpt_path=none"])
+    return build_evaluators(cfg.eval)
 
 
 def all_vs_largest(
@@ -30,19 +45,28 @@ def all_vs_largest(
 ) -> tuple[float, float, dict[str, dict[str, float]]]:
     """Median seconds of ``run_evaluators`` at ``dims_all`` and at ``[max(dims_all)]``.
 
+    ``evaluators`` are names of ``conf/eval/<name>.yaml`` (their settings as eval.py's).
+
     Every code path is warmed up once on a ``WARM_ROWS`` slice first, so that neither side
     pays first-call costs (the first linear_probe call in a process measured ~2x a later
     one); then interleaved reps. Also returns each side's median per-stage seconds.
     """
-    from mrl.evaluate import run_evaluators
+    from mrl.eval.linear import head_logits
+    from mrl.eval.registry import EvalData, run_evaluators
+
+    evs = conf_evaluators(list(evaluators))
+    heads = None if module is None else (lambda z: head_logits(module, z))
+
+    def data(arr):
+        return EvalData.from_arrays(arr, num_classes, heads=heads)
 
     small = {k: v[:WARM_ROWS] for k, v in arrays.items()}
-    run_evaluators(small, evaluators, dims_all, num_classes, module)
+    run_evaluators(evs, data(small), dims_all)
     secs: dict[str, list[dict[str, float]]] = {"all": [], "largest": []}
 
     def run(dims, key):
         def f():
-            secs[key].append(run_evaluators(arrays, evaluators, dims, num_classes, module)[1])
+            secs[key].append(run_evaluators(evs, data(arrays), dims)[1])
 
         return f
 
@@ -56,7 +80,7 @@ def all_vs_largest(
 
 
 def eval_prefixes(n: int, n_queries: int, width: int, reps: int) -> list[dict[str, Any]]:
-    from mrl.dims import auto_dims
+    from mrl.core.dims import auto_dims
 
     set_threads(2)
     synth = Synthetic(width, 10, seed=1)
@@ -86,7 +110,7 @@ def eval_prefixes(n: int, n_queries: int, width: int, reps: int) -> list[dict[st
 
 
 #: the per-prefix evaluators of ``eval.py`` (the adaptive ones are not per prefix)
-EVALUATORS_FMNIST = {"linear": {}, "probe": {}, "knn": {}, "retrieval": {}, "fewshot": {}}
+EVALUATORS_FMNIST = ["linear", "probe", "knn", "retrieval", "fewshot"]
 
 
 def eval_fmnist(
@@ -103,7 +127,8 @@ def eval_fmnist(
     from bench_retrieval import fmnist_module
 
     from mrl.data import FashionMNISTDataModule
-    from mrl.evaluate import compute_embeddings, match_data
+    from mrl.eval.cache import compute_embeddings
+    from mrl.eval.pipeline import match_data
 
     set_threads(2)
     module, src, _ = fmnist_module(ckpt)

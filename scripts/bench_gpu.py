@@ -34,7 +34,7 @@ def _train_rows(batch: int, steps: int, reps: int, compile_: bool) -> list[dict[
     import torch
     from torch import nn
 
-    from mrl.module import MRLLitModule
+    from mrl.objectives.classification import MRLLitModule
 
     dev = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
@@ -121,7 +121,7 @@ def _faiss_rows(n: int, d: int, n_queries: int, reps: int) -> list[dict[str, Any
                 f"faiss {faiss.__version__} has no GPU support (faiss-gpu not installed)",
             )
         ]
-    from mrl.nesting import truncate
+    from mrl.core.nesting import truncate
 
     synth = Synthetic(d, 1000, seed=0)
     xb = truncate(synth.chunk(n, 1)[0], d, normalize=True)

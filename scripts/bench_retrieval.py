@@ -141,10 +141,10 @@ def adaptive_1m(
 ) -> list[dict[str, Any]]:
     import faiss
 
+    from mrl.core.nesting import truncate
     from mrl.eval.adaptive import rerank_scores
     from mrl.eval.retrieval import map_at_k
     from mrl.eval.search import exact_search
-    from mrl.nesting import truncate
 
     set_threads(2)
     requested = n
@@ -298,8 +298,9 @@ def fmnist_module(ckpt: str | None) -> tuple[Any, str, str]:
     """``(module, description, cache key)``: the checkpoint's model, or a seeded random one."""
     import torch
 
-    from mrl.evaluate import file_fingerprint, load_module
-    from mrl.module import MRLLitModule
+    from mrl.eval.cache import file_fingerprint
+    from mrl.objectives.classification import MRLLitModule
+    from mrl.tasks.evaluate import load_module
 
     if ckpt:
         module = load_module(ckpt)
@@ -316,7 +317,7 @@ def _fmnist_embeddings(ckpt: str | None, n_db: int, n_q: int) -> tuple[dict, str
     import torch
 
     from mrl.data import FashionMNISTDataModule
-    from mrl.evaluate import embed_loader
+    from mrl.eval.cache import embed_loader
 
     module, src, key = fmnist_module(ckpt)
     cache = cache_dir() / f"fmnist_{key}_{n_db}_{n_q}_v1.npz"

@@ -2,7 +2,7 @@
 
 * ``train_overhead``: one SGD step (zero_grad, forward, Matryoshka loss, backward, step) of
   MRL, MRL-E and the plain model (``ff_dim`` = width: one head at full width), same backbone,
-  batch and data, built through :class:`mrl.module.MRLLitModule`; rounds interleaved.
+  batch and data, built through :class:`mrl.objectives.classification.MRLLitModule`; rounds interleaved.
 * ``heads``: :meth:`MRLHead.forward` (MRL-E, all prefixes in one pass) against
   :meth:`MRLHead.forward_naive` (one matmul per prefix); outputs asserted equal.
 * ``pipeline`` (run in its own process): the default FashionMNISTDataModule's training
@@ -23,7 +23,7 @@ def build_variants(model: str, num_classes: int, in_chans: int, img_size: int):
     """The three modules (same seed, hence the same backbone initialisation)."""
     import torch
 
-    from mrl.module import MRLLitModule
+    from mrl.objectives.classification import MRLLitModule
 
     out = {}
     for name, kw in VARIANTS.items():
@@ -69,8 +69,8 @@ def fashion_mnist_batch(batch: int, seed: int = 0):
     """One augmented training batch of the real Fashion-MNIST, or None when it is absent."""
     import torch
 
+    from mrl.core.errors import MRLError
     from mrl.data import FashionMNISTDataModule
-    from mrl.errors import MRLError
 
     try:
         dm = FashionMNISTDataModule(batch_size=batch, download=False)
@@ -147,8 +147,8 @@ def heads(n: int, width: int, num_classes: int, reps: int) -> list[dict[str, Any
     import torch
     import torch.nn.functional as F
 
-    from mrl.dims import auto_dims
-    from mrl.nesting import MRLHead
+    from mrl.core.dims import auto_dims
+    from mrl.models.heads import MRLHead
 
     set_threads(2)
     torch.manual_seed(0)
@@ -216,7 +216,7 @@ def pipeline(batch: int, reps: int, loader_batches: int) -> list[dict[str, Any]]
     import torch
 
     from mrl.data import FashionMNISTDataModule
-    from mrl.module import MRLLitModule
+    from mrl.objectives.classification import MRLLitModule
 
     set_threads(2)
     torch.manual_seed(0)

@@ -30,7 +30,7 @@ def compose(experiment: str, out_dir: Path, overrides: list[str]):
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
 
-    from mrl.runs import register_resolvers
+    from mrl.cli import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
@@ -75,7 +75,7 @@ def train_slimmable(run_dir: Path, experiment: str, overrides: list[str]) -> Non
     from omegaconf import OmegaConf
 
     from mrl.baselines.slimmable import SlimmableLitModule
-    from mrl.runs import update_metrics_json, write_json_atomic
+    from mrl.run.files import update_metrics_json, write_json_atomic
 
     if _done(run_dir):
         print(f"== Slim. Net: reusing {run_dir}")
@@ -139,8 +139,10 @@ def baselines(run_dir: Path, ff_dir: Path, dims: list[int]) -> None:
     import numpy as np
 
     from mrl.baselines import ff_svd_1nn, rand_lp, svd_top1
-    from mrl.evaluate import load_embeddings, load_module
-    from mrl.runs import update_metrics_json, write_json_atomic
+    from mrl.eval.cache import load_embeddings
+    from mrl.run.files import update_metrics_json, write_json_atomic
+    from mrl.run.layout import RunDir
+    from mrl.tasks.evaluate import load_module
 
     if _done(run_dir):
         print(f"== baselines: reusing {run_dir}")
@@ -155,7 +157,7 @@ def baselines(run_dir: Path, ff_dir: Path, dims: list[int]) -> None:
         if ckpt is None:
             raise RuntimeError(f"{src} has no checkpoints/last.ckpt")
         module = load_module(ckpt)
-        arr = load_embeddings(src / "embeddings.npz")
+        arr = load_embeddings(RunDir(src).embeddings)
         head = module.net.head.heads[0]
         w = head.weight.detach().numpy()
         b = head.bias.detach().numpy()
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every training job")
     a = p.parse_args(argv)
 
-    from mrl.dims import parse_dims
+    from mrl.core.dims import parse_dims
     from mrl.results import write_tables
 
     t0 = time.time()

@@ -23,7 +23,7 @@ def cfg_factory(tmp_path):
 def trained_run(tmp_path_factory):
     """One short real training run (MRL, ResNet-18, 4000 Fashion-MNIST images, 1 epoch),
     shared by the training and evaluation tests. Returns (run dir, metrics)."""
-    from mrl.train import train
+    from mrl.tasks.train import train
 
     out = tmp_path_factory.mktemp("trained") / "run"
     cfg = compose_cfg(
@@ -34,7 +34,7 @@ def trained_run(tmp_path_factory):
         "data.subset=4000",
         "data.val_size=500",
         "data.batch_size=64",
-        "+trainer.limit_test_batches=16",
+        "trainer.limit_test_batches=16",
     )
     metrics = train(cfg)
     # what Hydra's CLI writes into every run dir (eval.py reads the data config from it)

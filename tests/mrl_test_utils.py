@@ -16,7 +16,7 @@ CONF = ROOT / "conf"
 
 def compose_cfg(config_name: str, out_dir: Path, *overrides: str) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` as the CLI would, with the run dir at ``out_dir``."""
-    from mrl.runs import register_resolvers
+    from mrl.cli import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(str(CONF), version_base="1.3"):

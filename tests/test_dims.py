@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from mrl import MRLError, parse_dims
-from mrl.dims import auto_dims, parse_weights
+from mrl.core.dims import auto_dims, parse_weights
 
 
 @pytest.mark.parametrize(

@@ -124,7 +124,7 @@ def files(tmp_path_factory):
     """Inputs for the cases: a tiny checkpoint, corrupt and crafted files, image folders."""
     from PIL import Image
 
-    from mrl.train import train
+    from mrl.tasks.train import train
 
     tmp = tmp_path_factory.mktemp("bad")
     run = tmp / "tiny"
@@ -147,7 +147,10 @@ def _cases(f) -> dict[str, tuple[str, list[str], list[str]]]:
     t = f["tmp"]
     run = [f"hydra.run.dir={t}/runs/${{now:%H%M%S%f}}", "logger=csv"]
     tr = {
-        "dims_decreasing": (["mrl.dims=[16,8]"], ["mrl.dims=[16, 8]", "strictly increasing"]),
+        "dims_decreasing": (
+            ["mrl.dims=[16,8]"],
+            ["mrl.dims=[16, 8]", "strictly increasing"],
+        ),
         "dims_unreachable": (["mrl.dims=[8,16,...,100]"], ["100", "cannot reach"]),
         "dims_unparsable": (["mrl.dims=[8,16"], ["'mrl.dims=[8,16'", "key=[a,b]"]),
         "weights_count": (["mrl.weights=[1,2]"], ["mrl.weights=[1, 2]", "one weight per dim"]),
@@ -208,9 +211,9 @@ def _cases(f) -> dict[str, tuple[str, list[str], list[str]]]:
                 "-m",
                 *TINY,
                 "optim.lr=-1,0.05",
-                "+trainer.limit_train_batches=1",
-                "+trainer.limit_val_batches=1",
-                "+trainer.limit_test_batches=1",
+                "trainer.limit_train_batches=1",
+                "trainer.limit_val_batches=1",
+                "trainer.limit_test_batches=1",
                 f"hydra.sweep.dir={t}/sweep",
             ],
             ["1 of 2 multirun jobs failed", "job 0 [optim.lr=-1]: optim.lr=-1 must be a positive"],
@@ -350,11 +353,15 @@ def test_multirun_records_the_failed_job_and_runs_the_others(files, results):
     assert bad["status"] == "failed" and "optim.lr=-1" in bad["error"]
     assert good["status"] == "completed"
     assert "test/top1" in json.loads((sweep / "1" / "metrics.json").read_text())
+    rows = json.loads((sweep / "sweep_summary.json").read_text())
+    assert [(r["job"], r["status"]) for r in rows] == [(0, "failed"), (1, "completed")]
+    assert "optim.lr=-1 must be a positive" in rows[0]["error"] and rows[0]["value"] is None
+    assert rows[1]["value"] == json.loads((sweep / "1" / "metrics.json").read_text())["val/top1"]
 
 
 def test_failed_run_records_status_and_error(files):
     from mrl import MRLError
-    from mrl.train import train
+    from mrl.tasks.train import train
 
     out = files["tmp"] / "failed"
     with pytest.raises(MRLError, match="optim.lr=-1"):

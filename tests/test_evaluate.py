@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mrl import MRLError
-from mrl.evaluate import EVALUATORS, load_embeddings, load_module
+from mrl.eval.cache import load_embeddings
+from mrl.tasks.evaluate import load_module
 from mrl_test_utils import compose_cfg, run_cli
 
 DIMS = [8, 16, 32, 64, 128, 256, 512]
@@ -18,7 +19,7 @@ EXTRA = [12, 24, 48]
 
 @pytest.fixture(scope="module")
 def evaluated(trained_run, tmp_path_factory):
-    from mrl.evaluate import eval_task
+    from mrl.tasks.evaluate import eval_task
 
     run_dir, _ = trained_run
     out = tmp_path_factory.mktemp("eval") / "run"
@@ -73,11 +74,11 @@ def test_metrics_beat_chance_and_grow_with_prefix(evaluated):
 @pytest.mark.slow
 def test_cache_plot_and_sidecar(evaluated):
     out, _ = evaluated
-    arrays = load_embeddings(out / "embeddings.npz")
+    arrays = load_embeddings(out / "embeddings")
     assert arrays["train_x"].dtype == np.float32 and arrays["train_x"].shape[1] == 512
     assert arrays["test_x"].shape == (1000, 512) and arrays["test_y"].dtype == np.int64
     assert not np.allclose(np.linalg.norm(arrays["test_x"], axis=1), 1.0)  # not normalised
-    side = json.loads((out / "embeddings.json").read_text())
+    side = json.loads((out / "embeddings" / "meta.json").read_text())
     assert side["ckpt"].endswith("last.ckpt") and side["ckpt_fingerprint"]
     assert (out / "plots" / "metric_vs_dim.png").stat().st_size > 1000
 
@@ -112,7 +113,7 @@ def test_cli_subset_of_evaluators_reuses_cache(trained_run, tmp_path):
 
 
 def test_eval_dims_default_extra_and_only():
-    from mrl.evaluate import eval_dims
+    from mrl.eval.pipeline import eval_dims
 
     assert eval_dims([8, 16, 32], [12], 32) == [8, 12, 16, 32]
     assert eval_dims([8, 16, 32], [12], 32, only=[32, 8, 32]) == [8, 32]
@@ -137,11 +138,17 @@ def test_unknown_evaluator_and_missing_inputs(tmp_path):
         "eval.py", f"ckpt_path={tmp_path}/missing.ckpt", "logger=csv", f"hydra.run.dir={tmp_path}/y"
     )
     assert r.returncode == 2 and "is not a file" in r.stderr
-    from mrl.evaluate import run_evaluators
+    from mrl.eval.registry import Evaluator, build_evaluators
 
-    with pytest.raises(MRLError, match="unknown evaluator"):
-        run_evaluators({"train_x": 0, "train_y": 0, "test_x": 0, "test_y": 0}, {"knnn": {}}, [8], 2)
-    assert set(EVALUATORS) >= {"linear", "probe", "knn", "retrieval", "fewshot"}
+    with pytest.raises(MRLError, match=r"eval.knnn has no _target_"):
+        build_evaluators({"knnn": {}})
+    with pytest.raises(MRLError, match="no evaluator selected"):
+        build_evaluators({})
+    with pytest.raises(MRLError, match="builds a dict, not an mrl Evaluator"):
+        build_evaluators({"x": {"_target_": "builtins.dict"}})
+    built = build_evaluators(compose_cfg("eval", tmp_path / "c", "ckpt_path=x").eval)
+    assert set(built) >= {"linear", "probe", "knn", "retrieval", "fewshot"}
+    assert all(isinstance(e, Evaluator) for e in built.values())
 
 
 def test_crafted_pickle_checkpoint_is_refused(tmp_path):

@@ -6,7 +6,7 @@ fast; what they check does not depend on the model.
 Memory of large evaluations (not tested here): nearest-neighbour search runs the queries in
 chunks of ``query_chunk`` rows (``mrl.eval.search.search_index``, default 4096) against a
 FAISS flat index, so the working memory is ``query_chunk x k`` scores plus the index;
-``mrl.evaluate.head_logits`` feeds cached embeddings to the heads in batches of 8192.
+``mrl.eval.linear.head_logits`` feeds cached embeddings to the heads in batches of 8192.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import pytest
 import torch
 
 from mrl import MRLError
-from mrl.checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
-from mrl.errors import NonFiniteLossError
-from mrl.module import MRLLitModule
-from mrl.resume import LastCheckpoint
-from mrl.runs import update_metrics_json
-from mrl.train import build_trainer, train
+from mrl.core.errors import NonFiniteLossError
+from mrl.objectives.classification import MRLLitModule
+from mrl.run.checkpoints import AtomicCheckpointIO, remove_stale_temp_files
+from mrl.run.files import update_metrics_json
+from mrl.run.resume import LastCheckpoint
+from mrl.tasks.train import build_trainer, train
 from mrl_test_utils import CONF, ROOT, compose_cfg, run_cli
 
 TINY = (
@@ -39,7 +39,7 @@ TINY = (
     "model.name=test_efficientnet",
     "data.batch_size=16",
     "data.val_size=16",
-    "+data.test_subset=32",
+    "data.test_subset=32",
     "~callbacks.rich_progress_bar",
 )
 
@@ -184,7 +184,7 @@ def test_nan_loss_names_step_and_prefix_and_keeps_last_good_checkpoint(tmp_path,
     assert run["status"] == "failed" and run["failed_step"] == 3 and run["failed_prefix"] == 8
     last = out / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 3
-    from mrl.evaluate import load_module
+    from mrl.tasks.evaluate import load_module
 
     module = load_module(last)
     assert all(
@@ -212,7 +212,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
 
 _SAVER = """
 import sys, torch
-from mrl.checkpoint_io import AtomicCheckpointIO
+from mrl.run.checkpoints import AtomicCheckpointIO
 io, path, i = AtomicCheckpointIO(), sys.argv[1], 0
 while True:
     i += 1
@@ -245,7 +245,7 @@ def test_trainer_uses_the_atomic_checkpoint_writer(tmp_path):
 
 
 def test_embedding_cache_with_pickled_objects_is_refused(tmp_path):
-    from mrl.evaluate import load_embeddings
+    from mrl.eval.cache import load_embeddings
 
     class Evil:
         def __reduce__(self):
@@ -258,7 +258,7 @@ def test_embedding_cache_with_pickled_objects_is_refused(tmp_path):
     assert not (tmp_path / "pwned").exists()
     evil_ckpt = tmp_path / "evil.ckpt"
     evil_ckpt.write_bytes(pickle.dumps({"state_dict": Evil()}, protocol=2))
-    from mrl.resume import check_resume_checkpoint
+    from mrl.run.resume import check_resume_checkpoint
 
     with pytest.raises(MRLError, match="cannot be loaded safely"):
         check_resume_checkpoint(evil_ckpt, None)  # refused before the module is looked at
@@ -288,7 +288,7 @@ _RUN_DIR = f"""
 from hydra import compose, initialize_config_dir
 from hydra.core.utils import setup_globals
 from omegaconf import OmegaConf
-from mrl.runs import register_resolvers
+from mrl.cli import register_resolvers
 setup_globals()
 register_resolvers()
 with initialize_config_dir({str(CONF)!r}, version_base="1.3"):
@@ -310,9 +310,9 @@ def test_runs_started_together_never_share_a_run_dir():
 
 
 def test_embedding_cache_memory_maps_in_place(tmp_path):
-    """mmap=True maps each array of an uncompressed .npz (no read into RAM) and gives the
-    same values; a compressed cache is refused with a clear message, as are pickles."""
-    from mrl.evaluate import load_embeddings, save_embeddings
+    """The cache folder's .npy files are memory-mapped (no read into RAM) with the same values;
+    copy-on-write leaves the files unchanged; an .npz is read into memory; pickles are refused."""
+    from mrl.eval.cache import load_embeddings, save_embeddings
 
     rng = np.random.default_rng(0)
     arrays = {
@@ -321,8 +321,11 @@ def test_embedding_cache_memory_maps_in_place(tmp_path):
         "test_x": rng.standard_normal((40, 16)).astype(np.float32),
         "test_y": rng.integers(0, 5, 40),
     }
-    cache = tmp_path / "embeddings.npz"
+    cache = tmp_path / "embeddings"
     save_embeddings(cache, arrays, {"ckpt": "x"})
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [f"{k}.npy" for k in arrays] + ["meta.json"]
+    )
     mapped = load_embeddings(cache, mmap=True)
     for k, v in arrays.items():
         assert isinstance(mapped[k], np.memmap), k
@@ -331,9 +334,7 @@ def test_embedding_cache_memory_maps_in_place(tmp_path):
     assert load_embeddings(cache)["train_x"][0, 0] == arrays["train_x"][0, 0]
     squeezed = tmp_path / "small.npz"
     np.savez_compressed(squeezed, **arrays)
-    with pytest.raises(MRLError, match="'train_x' is compressed and cannot be memory-mapped"):
-        load_embeddings(squeezed, mmap=True)
-    evil = tmp_path / "evil.npz"
-    np.savez(evil, train_x=np.array([object()], dtype=object), train_y=np.zeros(1))
-    with pytest.raises(MRLError, match="holds Python objects"):
-        load_embeddings(evil, mmap=True)
+    np.testing.assert_array_equal(load_embeddings(squeezed)["test_x"], arrays["test_x"])
+    np.save(cache / "train_x.npy", np.array([object()], dtype=object), allow_pickle=True)
+    with pytest.raises(MRLError, match="unreadable"):
+        load_embeddings(cache, mmap=True)

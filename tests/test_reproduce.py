@@ -40,7 +40,7 @@ def fake_imagenet(tmp_path_factory):
 
 
 def test_imagenet_experiment_fast_dev_run(fake_imagenet, tmp_path):
-    from mrl.train import train
+    from mrl.tasks.train import train
 
     cfg = compose_cfg(
         "train",
@@ -65,21 +65,27 @@ def test_slurm_launcher_composes(tmp_path):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose(
             "train",
-            overrides=["experiment=table1_imagenet", "hydra/launcher=slurm", "trainer.devices=4"],
+            overrides=[
+                "experiment=table1_imagenet",
+                "hydra/launcher=slurm",
+                "trainer.devices=4",
+                "trainer.num_nodes=2",
+            ],
             return_hydra_config=True,
         )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
-    assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4
+    assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4 and launcher.nodes == 2
+    assert launcher.max_num_timeout > 0  # pre-empted jobs are requeued (resume: ckpt_path=auto)
 
 
 @pytest.mark.slow
 def test_reproduce_pipeline_on_fake_imagenet(fake_imagenet, tmp_path):
     limits = [
         "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=1",
-        "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
         "mrl.dims=[8,16,...,64]",
         "+model.channels=[8,16,32,64]",
         "+model.stem_width=8",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mrl.train import train
-from mrl_test_utils import run_cli
+from mrl.tasks.train import train
+from mrl_test_utils import ROOT, run_cli
 
 FAST = ("debug=fast_dev_run", "data.batch_size=8", "data.subset=64", "data.val_size=16")
 
@@ -88,23 +88,27 @@ def test_cli_bad_input_is_one_line_error(tmp_path, override, fragment):
     assert "Traceback" not in r.stderr
 
 
-def test_multirun_two_jobs_separate_dirs_and_wandb_runs(tmp_path):
+def test_multirun_default_sweep_dir_jobs_wandb_runs_and_summary(tmp_path):
+    """The README's sweep as a user types it: no hydra.sweep.dir, run from another folder."""
     r = run_cli(
-        "train.py",
+        str(ROOT / "train.py"),
         "-m",
         "mrl.efficient=false,true",
         "data.batch_size=8",
         "data.subset=64",
         "data.val_size=16",
         "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=2",
-        "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=1",
-        f"hydra.sweep.dir={tmp_path}/sweep",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        cwd=tmp_path,
         env={"WANDB_MODE": "offline"},
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    runs = sorted((tmp_path / "sweep").glob("[0-9]*"))
+    sweeps = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1, sweeps
+    sweep = sweeps[0]
+    runs = sorted(sweep.glob("[0-9]*"))
     assert [p.name for p in runs] == ["0", "1"]
     methods = [json.loads((p / "run.json").read_text())["method"] for p in runs]
     assert methods == ["MRL", "MRL-E"]
@@ -116,6 +120,16 @@ def test_multirun_two_jobs_separate_dirs_and_wandb_runs(tmp_path):
         assert len(offline) == 1, list((p / "wandb").iterdir())
         wandb_ids.add(offline[0].name.rsplit("-", 1)[-1])
     assert len(wandb_ids) == 2
+    # the summary at the sweep root: one row per job, the optimised (validation) metric
+    rows = json.loads((sweep / "sweep_summary.json").read_text())
+    assert [r["job"] for r in rows] == [0, 1]
+    assert [r["overrides"][0] for r in rows] == ["mrl.efficient=False", "mrl.efficient=True"]
+    for row, p in zip(rows, runs, strict=True):
+        assert row["status"] == "completed" and row["metric"] == "val/top1"
+        assert row["value"] == json.loads((p / "metrics.json").read_text())["val/top1"]
+        assert row["run_dir"] == str(p.resolve())
+    table = (sweep / "sweep_summary.md").read_text()
+    assert "| 1 | mrl.efficient=True" in table and "val/top1" in table
 
 
 def test_existing_run_dir_is_not_overwritten(tmp_path):

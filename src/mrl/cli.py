@@ -1,6 +1,6 @@
 """Entry-point glue: every bad input ends in one line, ``error: <message>``, and exit status 2.
 
-Covered: :class:`~mrl.errors.MRLError` (bad values found by the code), Hydra's own errors
+Covered: :class:`~mrl.core.errors.MRLError` (bad values found by the code), Hydra's own errors
 (an unknown config group option such as ``data=nope`` or ``eval=[nope]``, an unknown key, an
 override that does not parse), OmegaConf errors (a mandatory ``???`` value left unset), Lightning
 ``MisconfigurationException`` and ``OSError`` with a file name (an unwritable or impossible run
@@ -24,11 +24,15 @@ import errno
 import functools
 import os
 import re
+import secrets
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from mrl.errors import MRLError
+from omegaconf import OmegaConf
+
+from mrl.core.errors import MRLError
 
 #: Outcomes of the multirun jobs run in this process: ``{"num", "overrides", "error"}``.
 SWEEP_JOBS: list[dict[str, Any]] = []
@@ -124,6 +128,11 @@ def user_message(exc: BaseException) -> str | None:
         return one_line(str(exc))
     if isinstance(exc, OSError) and exc.filename is not None:
         return _os_message(exc)
+    if _raised_in(exc, "submitit"):  # e.g. hydra/launcher=slurm where there is no SLURM
+        return (
+            f"the submitit launcher failed: {one_line(str(exc))}; on a machine without SLURM try "
+            "the sweep with hydra/launcher=submitit_local"
+        )
     try:
         from lightning_fabric.utilities.exceptions import MisconfigurationException
     except ImportError:  # pragma: no cover
@@ -131,6 +140,14 @@ def user_message(exc: BaseException) -> str | None:
     if isinstance(exc, MisconfigurationException):
         return one_line(str(exc))
     return None
+
+
+def _raised_in(exc: BaseException, package: str) -> bool:
+    """True when ``exc`` was raised inside ``package`` (its innermost frame's file)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}{package}{os.sep}" in tb.tb_frame.f_code.co_filename
 
 
 def _sweep_message(exc: BaseException) -> str | None:
@@ -235,3 +252,34 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         return result
 
     return wrapper
+
+
+# ----------------------------------------------------------------------------- resolvers
+_RUN_ID = secrets.token_hex(3)
+
+
+def _wandb_offline() -> bool:
+    """True when W&B has no credentials (no WANDB_API_KEY, no netrc entry) or WANDB_MODE says so."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "disabled", "dryrun"):
+        return True
+    if mode == "online":
+        return False
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" not in netrc.read_text()
+    except OSError:
+        return True
+
+
+def register_resolvers() -> None:
+    """``${run_id:}`` (random per process), ``${cwd:}`` (the working directory, also before a
+    sweep starts, where ``${hydra:runtime.cwd}`` is not set yet), ``${wandb_offline:}``."""
+    if not OmegaConf.has_resolver("cwd"):
+        OmegaConf.register_new_resolver("cwd", os.getcwd)
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID)
+    if not OmegaConf.has_resolver("wandb_offline"):
+        OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)

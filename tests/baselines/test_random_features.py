@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mrl.baselines import rand_fs_1nn, rand_lp, random_feature_indices
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
 from mrl.eval.probe import linear_probe
 
 

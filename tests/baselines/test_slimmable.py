@@ -17,8 +17,8 @@ from mrl.baselines import (
     sandwich_widths,
     slimmable_top1,
 )
+from mrl.core.errors import MRLError
 from mrl.data import FashionMNISTDataModule
-from mrl.errors import MRLError
 from mrl.models import Backbone
 
 

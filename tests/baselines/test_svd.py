@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mrl.baselines import ff_svd_1nn, ff_top1, svd_classifier, svd_features, svd_top1
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
 from mrl.eval.knn import knn_metrics
 from mrl.eval.search import prefix_neighbors
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mrl.core.errors import MRLError
 from mrl.data import DATAMODULES, CIFAR100DataModule, CIFARDataModule, build_datamodule
-from mrl.errors import MRLError
 from mrl_data_helpers import make_cifar
 
 

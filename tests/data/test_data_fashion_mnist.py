@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from mrl.core.errors import MRLError
 from mrl.data import FashionMNISTDataModule
 from mrl.data.fashion_mnist import MEAN, STD, find_idx_files
 from mrl.data.tensor_data import random_crop_flip
-from mrl.errors import MRLError
 from mrl_data_helpers import encoded_images
 
 REAL = Path("/usr/share/datasets/fashion-mnist")

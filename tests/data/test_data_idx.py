@@ -7,8 +7,8 @@ import gzip
 import numpy as np
 import pytest
 
+from mrl.core.errors import MRLError
 from mrl.data import read_idx
-from mrl.errors import MRLError
 from mrl_data_helpers import write_idx
 
 

@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
+from mrl.core.errors import MRLError
 from mrl.data import ImageFolderDataModule, ImageNetDataModule
-from mrl.errors import MRLError
 from mrl_data_helpers import CLASSES, save_images
 
 

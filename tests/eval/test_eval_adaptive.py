@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
 from mrl.eval import (
     adaptive_classification,
     adaptive_classification_curve,

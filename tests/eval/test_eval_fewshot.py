@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
 from mrl.eval import fewshot_metrics
 from mrl.eval.fewshot import group_by_class, ncm_accuracy, sample_episodes
 

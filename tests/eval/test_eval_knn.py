@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
+from mrl.core.nesting import truncate
 from mrl.eval import knn_metrics, prefix_neighbors
-from mrl.nesting import truncate
 
 
 def test_knn_hand_computed():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
 from mrl.eval import linear_probe
 
 FAST = {"epochs": 20, "batch_size": 64, "num_threads": 1}

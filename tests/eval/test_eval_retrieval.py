@@ -3,7 +3,8 @@ import pytest
 import torch
 from torchmetrics.functional.retrieval import retrieval_precision, retrieval_recall
 
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
+from mrl.core.nesting import truncate
 from mrl.eval import (
     map_at_k,
     precision_at_k,
@@ -11,7 +12,6 @@ from mrl.eval import (
     recall_at_k,
     retrieval_metrics,
 )
-from mrl.nesting import truncate
 
 HITS = np.array(
     [

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
+from mrl.core.nesting import truncate
 from mrl.eval import exact_search, prefix_neighbors
-from mrl.nesting import truncate
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

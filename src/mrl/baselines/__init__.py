@@ -10,7 +10,7 @@ Rand. FS       first k features of FF-max (1-NN)                      :func:`ran
 Slim. Net      slimmable network, widths 25/50/75/100%                :class:`SlimmableResNet`
 =============  =====================================================  =====================
 
-(FF-k, independently trained models, is :class:`mrl.module.MRLLitModule` with ``ff_dim``.)
+(FF-k, independently trained models, is :class:`mrl.objectives.classification.MRLLitModule` with ``ff_dim``.)
 
 Every evaluation returns ``{k: value}`` keyed by representation size ``k``, values are
 fractions in [0, 1], and a size a baseline cannot produce (SVD rank above ``min(C, d)``,

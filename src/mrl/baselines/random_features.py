@@ -30,17 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from mrl.baselines._common import (
-    as_labels,
-    as_matrix,
-    as_sizes,
-    missing,
-    num_classes_of,
-    positive_int,
-    seed_int,
-    split_sizes,
-)
-from mrl.errors import MRLError
+from mrl.baselines._common import missing, num_classes_of, split_sizes
+from mrl.core.errors import MRLError
+from mrl.core.validate import as_labels, as_matrix, as_sizes, positive_int, seed_int
 
 
 def _permutation(d: int, seed: int) -> np.ndarray:

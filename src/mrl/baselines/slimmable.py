@@ -13,7 +13,7 @@ feature statistics differ per width). For a ResNet the pooled representation at 
 Mapping widths to representation sizes: :func:`slimmable_top1` reports a size ``k`` only
 when a width produces exactly ``k`` features (exact size match only); other sizes are
 ``None`` (missing, like the paper's '-', never interpolated). ``truncate=True`` is an
-opt-in alternative reading of DESIGN.md ("classifying from the first k dims"): size ``k``
+opt-in alternative reading ("classifying from the first k dims"): size ``k``
 is read from the smallest width whose representation has at least ``k`` dims, using its
 first ``k`` features and the first ``k`` input columns of that width's classifier (what a
 slimmable linear layer computes at input width ``k``); those numbers are real
@@ -55,16 +55,15 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from mrl.baselines._common import as_sizes, positive_int
-from mrl.errors import MRLError
-from mrl.module import _DEFAULT_OPTIM, NestedClassifierSteps, _validate_optim
+from mrl.core.errors import MRLError
+from mrl.core.validate import as_sizes, is_number, positive_int
+from mrl.objectives.classification import _DEFAULT_OPTIM, NestedClassifierSteps, _validate_optim
 
 WIDTH_MULTS = (0.25, 0.5, 0.75, 1.0)
 # conf/optim/sgd.yaml, the MRL runs' SGD recipe: momentum 0.9, weight decay 5e-4 (none on
@@ -79,7 +78,7 @@ def scaled_channels(channels: int, mult: float) -> int:
 
 def parse_width_mults(width_mults: Any) -> tuple[float, ...]:
     """Width multipliers as a sorted tuple of distinct floats in (0, 1], the largest 1.0."""
-    if isinstance(width_mults, (int, float)) and not isinstance(width_mults, bool):
+    if is_number(width_mults):
         width_mults = [width_mults]
     try:
         mults = [float(m) for m in width_mults]
@@ -323,7 +322,7 @@ class SlimmableResNet(nn.Module):
     # ------------------------------------------------------------------ widths
     def width_index(self, mult: float) -> int:
         """Index of ``mult`` in ``width_mults`` (MRLError naming the valid ones otherwise)."""
-        if not isinstance(mult, bool) and isinstance(mult, (int, float, np.floating)):
+        if is_number(mult):
             for i, m in enumerate(self.width_mults):
                 if math.isclose(float(mult), m, rel_tol=1e-9, abs_tol=1e-9):
                     return i
@@ -444,7 +443,7 @@ class SlimmableLitModule(NestedClassifierSteps, pl.LightningModule):
             fewer than all widths, the BatchNorms of the widths left out get no gradient
             that step: under DDP use ``strategy="ddp_find_unused_parameters_true"``.
         label_smoothing: inside every width's cross-entropy (MRL: 0.1).
-        optim: as :class:`mrl.module.MRLLitModule` (``name``, ``lr``, ``momentum``,
+        optim: as :class:`mrl.objectives.classification.MRLLitModule` (``name``, ``lr``, ``momentum``,
             ``weight_decay``, ``no_decay_norm_bias``, ``warmup_epochs``, ``schedule``, ...),
             defaults :data:`SLIMMABLE_OPTIM` (SGD, lr 0.1, momentum 0.9, weight decay 5e-4,
             0.5 epoch warm-up, linear decay to 0).

@@ -26,10 +26,11 @@ is factorised ``X = U S V^T``; train and test features are both projected onto t
 right singular vectors, ``x -> V_k^T x`` (test items use the train basis; nothing is fitted
 on test data). Because the singular vectors are ordered by singular value, the k-dim
 projection is the first k coordinates of the ``r``-dim projection: the projected
-features are a nested embedding, and 1-NN on it follows DESIGN.md section 3 (slice, then
-L2-normalise, exact cosine search). No centring: with centring the k=1 component would
-be the first principal component instead of (approximately) the mean direction; the paper
-does not say which it used, so uncentred SVD, the literal reading, is the default.
+features are a nested embedding, and 1-NN on it follows the package's retrieval convention
+(slice, then L2-normalise, exact cosine search). No centring: with centring the k=1
+component would be the first principal component instead of (approximately) the mean
+direction; the paper does not say which it used, so uncentred SVD, the literal reading,
+is the default.
 Rank limit: ``k <= min(n, d)``; larger k are ``None``.
 
 Deviation / implementation note: for ``n > d`` the right singular vectors are computed as
@@ -49,15 +50,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from mrl.baselines._common import (
-    as_labels,
-    as_matrix,
-    as_sizes,
-    missing,
-    num_classes_of,
-    split_sizes,
-)
-from mrl.errors import MRLError
+from mrl.baselines._common import missing, num_classes_of, split_sizes
+from mrl.core.errors import MRLError
+from mrl.core.validate import as_labels, as_matrix, as_sizes, integer, to_numpy
 
 _CHUNK = 8192
 
@@ -72,9 +67,7 @@ def _weight_and_bias(weight: Any, bias: Any) -> tuple[np.ndarray, np.ndarray]:
     if bias is None:
         b = np.zeros(w.shape[0])
     else:
-        b = np.asarray(
-            bias.detach().cpu().numpy() if hasattr(bias, "detach") else bias, dtype=np.float64
-        )
+        b = to_numpy(bias, "bias", np.float64)
         if b.shape != (w.shape[0],):
             raise MRLError(
                 f"bias has shape {b.shape} but weight is {w.shape[0]} x {w.shape[1]} "
@@ -218,11 +211,13 @@ class SVDFeatures:
         r = len(self.components)
         if k is None:
             k = r
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= r:
-            raise MRLError(
-                f"k={k!r} must be an integer in 1..{r} (the ranks fitted; "
-                f"the train matrix has rank <= {self.max_rank})"
-            )
+        k = integer(
+            k,
+            "k",
+            min=1,
+            max=r,
+            hint=f"(the ranks fitted; the train matrix has rank <= {self.max_rank})",
+        )
         out = np.empty((len(x), k), dtype=np.float32)
         basis = self.components[:k].T
         for start in range(0, len(x), _CHUNK):

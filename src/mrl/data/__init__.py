@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from mrl.core.errors import MRLError
 from mrl.data.base import MRLDataModule
 from mrl.data.cifar import CIFAR10DataModule, CIFAR100DataModule, CIFARDataModule
 from mrl.data.fashion_mnist import FashionMNISTDataModule
 from mrl.data.idx import read_idx
 from mrl.data.imagefolder import ImageFolderDataModule, ImageNetDataModule
-from mrl.errors import MRLError
 
 DATAMODULES: dict[str, type[MRLDataModule]] = {
     "fashion_mnist": FashionMNISTDataModule,

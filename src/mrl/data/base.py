@@ -32,20 +32,17 @@ import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
+from mrl.core.validate import is_int, is_number
 
 SPLITS = ("train", "val", "test", "train_eval")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def check_int(name: str, value: Any, minimum: int, *, allow_none: bool = False) -> int | None:
     """``value`` as an int >= ``minimum`` or an :class:`MRLError` naming ``name``."""
     if value is None and allow_none:
         return None
-    if not _is_int(value) or value < minimum:
+    if not is_int(value) or value < minimum:
         extra = " or None" if allow_none else ""
         raise MRLError(f"{name}={value!r} is invalid; use an integer >= {minimum}{extra}")
     return int(value)
@@ -53,7 +50,7 @@ def check_int(name: str, value: Any, minimum: int, *, allow_none: bool = False) 
 
 def check_val_size(value: Any) -> int | float:
     """An int count >= 0 or a float fraction in (0, 1)."""
-    if _is_int(value) and value >= 0:
+    if is_int(value) and value >= 0:
         return int(value)
     if isinstance(value, float) and 0.0 < value < 1.0:
         return float(value)
@@ -172,12 +169,12 @@ class MRLDataModule(pl.LightningDataModule):
             )
         cfg = dict(cfg)
         size = cfg["input_size"]
-        if _is_int(size):
+        if is_int(size):
             size = (self.in_chans, int(size), int(size))
         if (
             not isinstance(size, Sequence)
             or len(size) not in (2, 3)
-            or not all(_is_int(s) and s >= 1 for s in size)
+            or not all(is_int(s) and s >= 1 for s in size)
         ):
             raise MRLError(
                 f"data config input_size={cfg['input_size']!r} is invalid; use (C, H, W) with "
@@ -271,4 +268,4 @@ class MRLDataModule(pl.LightningDataModule):
 
 
 def fraction_ok(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value) and math.isfinite(value)

@@ -2,7 +2,7 @@
 
 Files: the python pickles (``cifar-10-batches-py/`` or ``cifar-100-python/``) under ``root``,
 fetched with torchvision's ``CIFAR10/CIFAR100(download=True)`` when missing (online only; a
-missing folder that cannot be downloaded is an :class:`~mrl.errors.MRLError` naming ``root``).
+missing folder that cannot be downloaded is an :class:`~mrl.core.errors.MRLError` naming ``root``).
 The pickles are read directly into memory (no checksum pass over 170 MB at every start).
 
 Two pipelines:
@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mrl.core.errors import MRLError
 from mrl.data.base import MRLDataModule, check_int
 from mrl.data.tensor_data import TensorImageDataset, collate_tensor_batch
-from mrl.errors import MRLError
 
 __all__ = ["CIFARDataModule", "CIFAR10DataModule", "CIFAR100DataModule"]
 

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mrl.core.errors import MRLError
 from mrl.data.base import MRLDataModule, check_int
 from mrl.data.idx import read_idx
 from mrl.data.tensor_data import TensorImageDataset, collate_tensor_batch
-from mrl.errors import MRLError
 
 __all__ = ["FashionMNISTDataModule", "read_idx", "find_idx_files", "CLASSES"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
 
 _TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),

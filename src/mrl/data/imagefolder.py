@@ -21,7 +21,7 @@ Transforms are ``timm.data.create_transform(**cfg, is_training=...)`` with the m
 config from :meth:`set_data_config`, or, before one is set, timm's defaults for
 ``input_size=(in_chans, img_size, img_size)``.
 
-An image that cannot be read raises :class:`~mrl.errors.MRLError` naming its path; with
+An image that cannot be read raises :class:`~mrl.core.errors.MRLError` naming its path; with
 ``skip_corrupt=True`` it is dropped from its batch instead and recorded (``num_skipped``,
 ``skipped_files``; counted once per file, across DataLoader workers). A batch whose every
 image is unreadable comes out empty (``[0, C, H, W]``).
@@ -43,8 +43,9 @@ from torch.utils.data._utils.collate import default_collate
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from mrl.core.errors import MRLError
+from mrl.core.validate import is_int
 from mrl.data.base import MRLDataModule, channel_stats, check_int, fraction_ok, take_subset
-from mrl.errors import MRLError
 
 __all__ = ["ImageFolderDataModule", "ImageNetDataModule"]
 
@@ -236,7 +237,7 @@ class ImageFolderDataModule(MRLDataModule):
                 f"{self.name} root={str(self.root)!r} is not a folder; give an image folder"
             )
         self.img_size = check_int("img_size", img_size, 1)
-        if in_chans not in (1, 3) or isinstance(in_chans, bool):
+        if not is_int(in_chans) or in_chans not in (1, 3):
             raise MRLError(f"in_chans={in_chans!r} is invalid; use 3 (RGB) or 1 (grayscale)")
         self.in_chans = int(in_chans)
         self.split = _check_split(split)

@@ -39,15 +39,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import faiss
 import numpy as np
 
-from mrl.errors import MRLError
-from mrl.eval._checks import as_labels, as_matrix, positive_int
+from mrl.core.errors import MRLError
+from mrl.core.nesting import truncate
+from mrl.core.validate import as_labels, as_matrix, positive_int
+from mrl.eval.registry import EvalData, Evaluator
 from mrl.eval.retrieval import map_at_k
 from mrl.eval.search import exact_search
-from mrl.nesting import truncate
 
 # ----------------------------------------------------------------------------- classification
 
@@ -379,3 +381,41 @@ def adaptive_retrieval(
         "adaptive_ret/seconds": t_adaptive,
         "adaptive_ret/exact_seconds": t_exact,
     }
+
+
+class AdaptiveClassification(Evaluator):
+    """``adaptive_cls/*``: the confidence cascade over the trained heads' prefixes,
+    thresholds learnt on the validation split (the heads' own dims, not ``dims``)."""
+
+    needs_heads = True
+    needs_val = True
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+
+    def __call__(self, data: EvalData, dims: Sequence[int]) -> dict[str, float]:
+        return adaptive_classification(
+            data.logits("val"), data.val_y, data.logits("test"), data.test_y, **self.settings
+        )
+
+
+class AdaptiveRetrieval(Evaluator):
+    """``adaptive_ret/*``: funnel retrieval (shortlist, rerank) against exact search at the
+    rerank dim (``d_rerank: max`` = the full width), with its own prefixes."""
+
+    def __init__(self, d_rerank: int | str | None = "max", funnel=None, **settings: Any) -> None:
+        self.d_rerank = d_rerank
+        self.funnel = [tuple(s) for s in funnel] if funnel else None
+        self.settings = settings
+
+    def __call__(self, data: EvalData, dims: Sequence[int]) -> dict[str, float]:
+        d_rerank = data.width if self.d_rerank in (None, "max") else int(self.d_rerank)
+        return adaptive_retrieval(
+            data.train_x,
+            data.train_y,
+            data.test_x,
+            data.test_y,
+            d_rerank=d_rerank,
+            funnel=self.funnel,
+            **self.settings,
+        )

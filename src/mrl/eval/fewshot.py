@@ -16,12 +16,15 @@ Conventions
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from mrl.errors import MRLError
-from mrl.eval._checks import as_labels, as_matrix, positive_int, prefix_dims
-from mrl.nesting import truncate
+from mrl.core.errors import MRLError
+from mrl.core.nesting import truncate
+from mrl.core.validate import as_labels, as_matrix, positive_int
+from mrl.eval._checks import prefix_dims
+from mrl.eval.registry import EvalData, Evaluator
 
 _BLOCK_FLOATS = 1 << 24  # gathered features per block of episodes (64 MiB of float32)
 
@@ -170,3 +173,25 @@ def fewshot_metrics(
             for m in dims:
                 out[f"fewshot/{n}way{k}shot@d{m}"] = float(np.concatenate(acc[m]).mean())
     return out
+
+
+class FewShot(Evaluator):
+    """``fewshot/{n}way{k}shot@d{m}``; with ``heldout_classes`` also ``fewshot_heldout/...``
+    on episodes drawn from those classes only."""
+
+    def __init__(self, heldout_classes: Sequence[int] | None = None, **settings: Any) -> None:
+        self.heldout_classes = list(heldout_classes) if heldout_classes else None
+        if "shots" in settings:
+            settings["shots"] = tuple(settings["shots"])
+        self.settings = settings
+
+    def main_metrics(self, metrics) -> list[str]:
+        return sorted({k.split("@d")[0] for k in metrics if k.startswith("fewshot/")})[:2]
+
+    def __call__(self, data: EvalData, dims: Sequence[int]) -> dict[str, float]:
+        args = (data.train_x, data.train_y, data.test_x, data.test_y, dims)
+        out = fewshot_metrics(*args, **self.settings)
+        if self.heldout_classes:
+            held = fewshot_metrics(*args, **self.settings, classes=self.heldout_classes)
+            out |= {k.replace("fewshot/", "fewshot_heldout/"): v for k, v in held.items()}
+        return out

@@ -13,10 +13,14 @@ Conventions
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from mrl.errors import MRLError
-from mrl.eval._checks import as_labels, neighbours_k, positive_int
+from mrl.core.errors import MRLError
+from mrl.core.validate import as_labels, positive_int
+from mrl.eval._checks import neighbours_k
+from mrl.eval.registry import EvalData, Evaluator
 from mrl.eval.search import Neighbors
 
 
@@ -88,3 +92,20 @@ def knn_metrics(
         pred = weighted_knn_predict(scores[:, :k], labels, num_classes, T)
         out[f"knn/top1_k{k}@d{m}"] = float(np.mean(pred == y))
     return out
+
+
+class KNN(Evaluator):
+    """``knn/top1@d{m}`` (1-NN) and ``knn/top1_k{k}@d{m}`` (DINO's weighted kNN, T)."""
+
+    main_metric = "knn/top1"
+
+    def __init__(self, k: int = 20, T: float = 0.07) -> None:
+        self.k, self.T = k, T
+
+    def neighbours_needed(self) -> int:
+        return int(self.k)
+
+    def __call__(self, data: EvalData, dims: Sequence[int]) -> dict[str, float]:
+        return knn_metrics(
+            data.neighbors, data.train_y, data.test_y, data.num_classes, k=self.k, T=self.T
+        )

@@ -2,7 +2,7 @@
 
 Conventions
 -----------
-* Classification reads the raw, unnormalised slice ``x[:, :m]`` (DESIGN.md section 1), but
+* Classification reads the raw, unnormalised slice ``x[:, :m]`` (as the MRL heads do), but
   every feature is standardised with the *train* mean and std (per feature, so the
   statistics of a slice are the first ``m`` of the full vector's).
 * One probe per prefix: ``logits_m = W_m x[:, :m] + b_m`` with its own weight and bias,
@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mrl.errors import MRLError
-from mrl.eval._checks import as_labels, as_matrix, positive_int, prefix_dims
+from mrl.core.errors import MRLError
+from mrl.core.validate import as_labels, as_matrix, positive_int
+from mrl.eval._checks import prefix_dims
+from mrl.eval.registry import EvalData, Evaluator
 
 
 def linear_probe(
@@ -217,3 +220,23 @@ def _train(
             opt.step()
             sched.step()
     return probes
+
+
+class Probe(Evaluator):
+    """``probe/top1@d{m}``: a linear probe per prefix on frozen, standardised slices."""
+
+    main_metric = "probe/top1"
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+
+    def __call__(self, data: EvalData, dims: Sequence[int]) -> dict[str, float]:
+        return linear_probe(
+            data.train_x,
+            data.train_y,
+            data.test_x,
+            data.test_y,
+            dims,
+            data.num_classes,
+            **self.settings,
+        )

@@ -1,7 +1,7 @@
 """Image retrieval metrics (precision, the paper's mAP, recall) at every prefix size.
 
-Conventions (DESIGN.md section 3)
----------------------------------
+Conventions
+-----------
 Database = train embeddings, queries = test embeddings, each prefix sliced then
 L2-normalised, exact cosine search. ``hits[i, j] = 1`` when the ``j``-th neighbour
 (1-based rank ``j``) of query ``i`` has the query's label, else 0. Per query:
@@ -26,8 +26,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mrl.errors import MRLError
-from mrl.eval._checks import as_labels, neighbours_k, positive_int
+from mrl.core.errors import MRLError
+from mrl.core.validate import as_labels, is_int, positive_int
+from mrl.eval._checks import neighbours_k
+from mrl.eval.registry import EvalData, Evaluator
 from mrl.eval.search import Neighbors
 
 
@@ -101,9 +103,7 @@ def retrieval_metrics(
         Flat dict of fractions, see the module docstring for the keys and definitions.
     """
     given = list(ks)
-    if not given or any(
-        isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in given
-    ):
+    if not given or any(not is_int(k) or k < 1 for k in given):
         raise MRLError(f"ks={ks!r} must be positive integers such as (10, 25, 50, 100)")
     ks = sorted({int(k) for k in given})
     neighbours_k(neighbors, ks[-1], "retrieval_metrics")
@@ -112,9 +112,7 @@ def retrieval_metrics(
     test_y = as_labels(test_y, n_test, "test_y")
     if recall_denominator == "class_count":
         denom = class_counts(train_y, test_y)
-    elif isinstance(recall_denominator, (int, np.integer)) and not isinstance(
-        recall_denominator, bool
-    ):
+    elif is_int(recall_denominator):
         denom = positive_int(recall_denominator, "recall_denominator")
     else:
         raise MRLError(
@@ -129,3 +127,24 @@ def retrieval_metrics(
             out[f"retrieval/mAP@{k}@d{m}"] = float(map_at_k(hits, k).mean())
             out[f"retrieval/R@{k}@d{m}"] = float(recall_at_k(hits, k, denom).mean())
     return out
+
+
+class Retrieval(Evaluator):
+    """``retrieval/{P,mAP,R}@{k}@d{m}`` for every k in ``ks`` (see the module's conventions)."""
+
+    def __init__(
+        self, ks: Sequence[int] = (10, 25, 50, 100), recall_denominator: str | int = "class_count"
+    ) -> None:
+        self.ks = tuple(ks)
+        self.recall_denominator = recall_denominator
+
+    def neighbours_needed(self) -> int:
+        return max(self.ks, default=1)
+
+    def main_metrics(self, metrics) -> list[str]:
+        return [f"retrieval/mAP@{min(self.ks)}"] if self.ks else []
+
+    def __call__(self, data: EvalData, dims: Sequence[int]) -> dict[str, float]:
+        return retrieval_metrics(
+            data.neighbors, data.train_y, data.test_y, self.ks, self.recall_denominator
+        )

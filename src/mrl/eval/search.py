@@ -6,7 +6,7 @@ Conventions
   L2-normalised ones and the inner product *is* the cosine similarity);
   :func:`prefix_neighbors` slices each prefix and then L2-normalises it
   (``truncate(z, m, normalize=True)``), so its scores are cosine similarities.
-* Database = train embeddings, queries = test embeddings (DESIGN.md section 3).
+* Database = train embeddings, queries = test embeddings.
 * Results are sorted by decreasing score: ``scores`` is float32 ``(n_queries, k)``,
   ``indices`` int64 ``(n_queries, k)`` rows of the database. Tied scores are ordered by
   increasing database index; which of several items tied at the k-th place is returned is
@@ -36,9 +36,10 @@ import faiss
 import numpy as np
 import torch
 
-from mrl.errors import MRLError
-from mrl.eval._checks import as_matrix, positive_int, prefix_dims
-from mrl.nesting import truncate
+from mrl.core.errors import MRLError
+from mrl.core.nesting import truncate
+from mrl.core.validate import as_matrix, positive_int
+from mrl.eval._checks import prefix_dims
 
 Neighbors = dict[int, tuple[np.ndarray, np.ndarray]]
 
@@ -181,11 +182,10 @@ def _cpu_prefix_search(
 
 
 def _check_k(k: int, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise MRLError(f"k={k!r} must be a positive integer")
+    k = positive_int(k, "k")
     if k > n:
         raise MRLError(f"k={k} is larger than the database ({n} items); use k <= {n}")
-    return int(k)
+    return k
 
 
 def exact_search(

@@ -23,7 +23,8 @@ import timm
 import torch
 from torch import nn
 
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
+from mrl.core.validate import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,7 @@ class Backbone(nn.Module):
 
     def expand_to(self, embed_dim: int) -> None:
         """Append a linear projection width -> ``embed_dim`` when it is larger than the width."""
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-            raise MRLError(f"embed_dim={embed_dim!r} must be a positive integer")
+        embed_dim = positive_int(embed_dim, "embed_dim")
         if embed_dim <= self.width:
             return
         self.embed_dim = embed_dim

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mrl.dims import parse_dims
-from mrl.errors import MRLError
+from mrl.core.dims import parse_dims
+from mrl.core.errors import MRLError
 from mrl.models.backbone import Backbone
-from mrl.nesting import MRLHead
+from mrl.models.heads import MRLHead
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Lightning callbacks: run the MRL evaluators at the end of training (or every N epochs)."""
+"""The training callback: the evaluators of ``eval=[...]`` at the end of training."""
 
 from __future__ import annotations
 
@@ -8,32 +8,31 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from mrl.evaluate import evaluate_run
+from mrl.eval.pipeline import evaluate_run
+from mrl.eval.registry import Evaluator, build_evaluators
 
 
 class MRLEvalCallback(pl.Callback):
-    """Embed every split once and run the evaluators (see :mod:`mrl.evaluate`).
+    """Embed every split once and run the evaluators (see :mod:`mrl.eval.pipeline`).
 
     Args:
-        evaluators: names (default settings) or ``{name: settings}``.
+        evaluators: ``{name: Evaluator}`` or config nodes with ``_target_``; the training
+            config passes the same ``eval`` nodes (``conf/eval/<name>.yaml``) as ``eval.py``.
         every_n_epochs: also evaluate after every N-th epoch (``None``: only at the end).
         extra_dims: untrained prefixes to evaluate too.
-        out_dir: where ``metrics.json``, ``embeddings.npz`` and plots go (default: the
+        out_dir: where ``metrics.json``, the embeddings and plots go (default: the
             trainer's ``default_root_dir``, i.e. the run dir).
     """
 
     def __init__(
         self,
-        evaluators: Sequence[str] | Mapping[str, Any] = ("linear", "knn", "retrieval"),
+        evaluators: Mapping[str, Evaluator | Any],
         every_n_epochs: int | None = None,
         extra_dims: Sequence[int] = (),
         out_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(evaluators, Mapping):
-            self.evaluators = {k: dict(v or {}) for k, v in evaluators.items()}
-        else:
-            self.evaluators = {k: {} for k in evaluators}
+        self.evaluators = build_evaluators(evaluators)
         self.every_n_epochs = every_n_epochs
         self.extra_dims = list(extra_dims)
         self.out_dir = out_dir
@@ -42,12 +41,11 @@ class MRLEvalCallback(pl.Callback):
     def _run(self, trainer: pl.Trainer, module, tag: str) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
-        out = Path(self.out_dir or trainer.default_root_dir)
-        metrics = evaluate_run(
+        self.last_metrics = evaluate_run(
             module,
             trainer.datamodule,
             self.evaluators,
-            out,
+            Path(self.out_dir or trainer.default_root_dir),
             meta={"tag": tag},
             extra_dims=self.extra_dims,
             device=module.device,
@@ -55,9 +53,6 @@ class MRLEvalCallback(pl.Callback):
             loggers=trainer.loggers,
             title=f"{module.method} {tag}",
         )
-        self.last_metrics = metrics
-        for lg in trainer.loggers:
-            lg.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         n = self.every_n_epochs

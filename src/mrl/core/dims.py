@@ -16,15 +16,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
+from mrl.core.validate import is_int
 
 ELLIPSIS_TOKENS = ("...", "…", Ellipsis)
 
 
 def auto_dims(width: int) -> list[int]:
     """Consistent halving of ``width`` down to the smallest size >= 8 (12 for 3*2^k widths)."""
-    if not isinstance(width, int) or width < 1:
+    if not is_int(width) or width < 1:
         raise MRLError(f"auto dims need a positive integer width, got {width!r}")
+    width = int(width)
     floor = 12 if width % 3 == 0 else 8
     dims = [width]
     while dims[-1] % 2 == 0 and dims[-1] // 2 >= floor:
@@ -33,10 +35,8 @@ def auto_dims(width: int) -> list[int]:
 
 
 def _as_int(item: Any, spec: Any) -> int:
-    if isinstance(item, bool):
-        raise MRLError(f"mrl.dims={spec!r}: {item!r} is not a dimension; use positive integers")
-    if isinstance(item, int):
-        return item
+    if is_int(item):
+        return int(item)
     if isinstance(item, float) and item.is_integer():
         return int(item)
     if isinstance(item, str) and item.strip().lstrip("-").isdigit():
@@ -94,8 +94,8 @@ def parse_dims(spec: Any, width: int | None = None) -> list[int]:
             return auto_dims(width)
         text = text.strip("[]")
         items: list[Any] = [t.strip() for t in text.split(",") if t.strip()]
-    elif isinstance(spec, int) and not isinstance(spec, bool):
-        items = [spec]
+    elif is_int(spec):
+        items = [int(spec)]
     elif isinstance(spec, Sequence) or hasattr(spec, "__iter__"):
         items = list(spec)
     else:

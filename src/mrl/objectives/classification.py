@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from mrl.dims import parse_dims, parse_weights
-from mrl.errors import MRLError, NonFiniteLossError
+from mrl.core.dims import parse_dims, parse_weights
+from mrl.core.errors import MRLError, NonFiniteLossError
 from mrl.models import Backbone, MRLModel, method_name
-from mrl.nesting import MatryoshkaLoss
+from mrl.objectives.nested import MatryoshkaLoss
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("linear", "cosine", "constant")

@@ -1,7 +1,5 @@
-"""Run directories and result files: unique names, atomic writes, ``metrics.json``.
+"""Result files: atomic writes and the ``metrics.json`` merge.
 
-* Run dirs are Hydra's (``hydra.run.dir`` places them); the default name carries the start
-  time and a per-process random id, so runs started in the same second never collide.
 * Every result file is written to a temporary file in the same folder, then renamed, so a
   kill never leaves a half-written ``metrics.json``.
 * ``metrics.json`` is a flat JSON object from metric name to number (fractions in [0, 1]).
@@ -16,46 +14,17 @@ import contextlib
 import json
 import math
 import os
-import secrets
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
     fcntl = None  # type: ignore[assignment]
-
-_RUN_ID = secrets.token_hex(3)
-
-
-def _wandb_offline() -> bool:
-    """True when W&B has no credentials (no WANDB_API_KEY, no netrc entry) or WANDB_MODE says so."""
-    mode = os.environ.get("WANDB_MODE", "").lower()
-    if mode in ("offline", "disabled", "dryrun"):
-        return True
-    if mode == "online":
-        return False
-    if os.environ.get("WANDB_API_KEY"):
-        return False
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return "api.wandb.ai" not in netrc.read_text()
-    except OSError:
-        return True
-
-
-def register_resolvers() -> None:
-    """``${run_id:}`` (random per process), ``${wandb_offline:}`` for the configs."""
-    if not OmegaConf.has_resolver("run_id"):
-        OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID)
-    if not OmegaConf.has_resolver("wandb_offline"):
-        OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -121,19 +90,3 @@ def update_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> dict[st
         current.update(new)
         write_json_atomic(path, current)
     return current
-
-
-def prefix_table(metrics: Mapping[str, float], dims: list[int], names: list[str]) -> str:
-    """A plain-text table: one row per prefix, one column per metric name (``{name}@d{m}``)."""
-    header = ["dim", *names]
-    rows = [header]
-    for m in dims:
-        row = [str(m)]
-        for n in names:
-            v = metrics.get(f"{n}@d{m}")
-            row.append("-" if v is None else f"{100 * v:.2f}")
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

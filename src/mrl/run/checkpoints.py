@@ -10,15 +10,15 @@ to ``copy2``, which truncates ``last.ckpt`` and rewrites it in place: a kill dur
 leaves the previous checkpoint unreadable. Nothing is fsynced either, so a power loss after the
 rename can leave an empty file, and a kill leaves the temp file behind in ``/tmp``.
 
-:class:`AtomicCheckpointIO` (set by ``mrl.train`` as the Trainer's checkpoint plugin) writes
+:class:`AtomicCheckpointIO` (set by ``mrl.tasks.train`` as the Trainer's checkpoint plugin) writes
 ``<dir>/.<name>.<random>.tmp`` next to the target, fsyncs it, ``os.replace``-s it over the
 target (atomic within one folder) and fsyncs the folder. A kill at any moment leaves either the
 old or the new complete file, plus at most one stray ``.tmp`` (removed by
 :func:`remove_stale_temp_files` when the run resumes).
 
-:func:`load_checkpoint_safely` reads a checkpoint with ``torch.load(weights_only=True)``: a file
+:func:`read_checkpoint`, the one checkpoint reader, reads a checkpoint with ``torch.load(weights_only=True)``: a file
 carrying pickled code (a crafted checkpoint) or a corrupt file is refused with a one-line
-:class:`~mrl.errors.MRLError` before anything else reads it.
+:class:`~mrl.core.errors.MRLError` before anything else reads it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from mrl.errors import MRLError
+from mrl.core.errors import MRLError
 
 TMP_SUFFIX = ".tmp"
 
@@ -119,7 +119,7 @@ def _reason(e: Exception) -> str:
     return " ".join(reason.split())[:200] or type(e).__name__
 
 
-def load_checkpoint_safely(path: str | os.PathLike, label: str | None = None) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, label: str | None = None) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` on CPU; refusal/corruption -> one-line MRLError.
 
     ``label`` starts the messages (default ``checkpoint <path>``), e.g. ``ckpt_path=<path>``.

@@ -37,14 +37,12 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 
-from mrl.checkpoint_io import load_checkpoint_safely
-from mrl.errors import MRLError
-from mrl.runs import write_text_atomic
+from mrl.core.errors import MRLError
+from mrl.run.checkpoints import read_checkpoint
+from mrl.run.files import write_text_atomic
+from mrl.run.layout import LAST, RunDir
 
 log = logging.getLogger(__name__)
-
-LAST = "last.ckpt"
-WANDB_ID_FILE = "wandb_id.txt"
 
 
 # ----------------------------------------------------------------------------- RNG states
@@ -175,7 +173,7 @@ def check_resume_checkpoint(path: str | Path, module: pl.LightningModule) -> dic
     Returns ``{"path", "epoch", "global_step"}`` of the checkpoint.
     """
     what = f"ckpt_path={path}"
-    ckpt = load_checkpoint_safely(path, label=what)
+    ckpt = read_checkpoint(path, label=what)
     missing = [k for k in ("state_dict", "hyper_parameters", "loops") if k not in ckpt]
     if missing:
         raise MRLError(
@@ -225,7 +223,7 @@ def wandb_run_id(run_dir: str | Path, configured: str | None = None) -> str:
     The id is written to ``<run dir>/wandb_id.txt`` so that a resumed process logs into the
     same W&B run (offline runs: the same ``offline-run-*-<id>`` suffix, merged by ``wandb sync``).
     """
-    f = Path(run_dir) / WANDB_ID_FILE
+    f = RunDir(run_dir).wandb_id
     old = f.read_text().strip() if f.is_file() else ""
     wid = str(configured) if configured else (old or secrets.token_hex(4))
     if wid != old:

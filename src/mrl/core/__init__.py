@@ -1,0 +1,1 @@
+"""Framework-free core: dims, nesting maths, validators, errors."""

@@ -1,0 +1,1 @@
+"""Run directories: layout, records, checkpoints, resume, sweep summaries."""

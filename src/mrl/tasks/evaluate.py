@@ -1,0 +1,127 @@
+"""The evaluation task (``eval.py``): a checkpoint or bare embeddings -> every prefix evaluated.
+
+* ``ckpt_path=<ckpt>``: the model is rebuilt from the checkpoint (read with
+  ``weights_only=True``), its training run's data config is read from ``<run>/.hydra``
+  (unless ``data=...`` is given), every split is embedded once (cached in
+  ``<run dir>/embeddings/``) and the evaluators run on the cached arrays.
+* ``embeddings=<folder or .npz>``: the arrays are read (memory-mapped) and the same
+  evaluators run on them; evaluators that need trained heads are refused.
+
+Both produce one :class:`~mrl.eval.registry.EvalData`; everything after it is shared
+(:func:`mrl.eval.pipeline.evaluate_arrays`). Conventions of each metric: :mod:`mrl.eval`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mrl.core.dims import auto_dims
+from mrl.core.errors import MRLError
+from mrl.eval.cache import file_fingerprint, load_embeddings
+from mrl.eval.pipeline import eval_dims, evaluate_arrays, evaluate_run
+from mrl.eval.registry import EvalData, build_evaluators, check_inputs
+from mrl.objectives.classification import MRLLitModule
+from mrl.run.checkpoints import read_checkpoint
+from mrl.run.layout import RunDir, run_dir_of
+from mrl.run.record import run_record
+from mrl.tasks.instantiate import close_wandb, instantiate, instantiate_all
+
+
+def load_module(ckpt_path: str | Path) -> MRLLitModule:
+    """Rebuild an :class:`MRLLitModule` from a checkpoint without executing pickled code
+    (a crafted or corrupt file is refused with a one-line :class:`MRLError`)."""
+    path = Path(ckpt_path).expanduser()
+    ckpt = read_checkpoint(path, label=f"checkpoint {path}")
+    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise MRLError(f"checkpoint {path} is not an MRL training checkpoint (no hyper-parameters)")
+    module = MRLLitModule(**ckpt["hyper_parameters"])
+    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise MRLError(
+            f"checkpoint {path} does not match its config: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    return module.eval()
+
+
+def _device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec not in ("cpu", "cuda") and not str(spec).startswith("cuda:"):
+        raise MRLError(f"device={spec!r}: use auto, cpu or cuda")
+    return torch.device(spec)
+
+
+def _only_dims(cfg: DictConfig) -> list[int] | None:
+    only = cfg.get("dims")
+    if only is None:
+        return None
+    if isinstance(only, (str, int, float)):
+        raise MRLError(f"dims={only!r} must be a list of prefix sizes, e.g. dims=[{only}]")
+    return list(only)
+
+
+def _data_config(cfg: DictConfig, ckpt: Path) -> dict[str, Any]:
+    """``data=...`` if given, else the training run's; ``data_overrides`` applied on top."""
+    if cfg.get("data"):
+        data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    else:
+        run = run_dir_of(ckpt)
+        if run is None:
+            raise MRLError(
+                f"no training config found above {ckpt} (.hydra/config.yaml); "
+                "choose the data with data=<fashion_mnist|cifar10|...>"
+            )
+        train_cfg = OmegaConf.load(run.hydra_config)
+        OmegaConf.set_struct(train_cfg, False)
+        data_cfg = OmegaConf.to_container(train_cfg.data, resolve=True)
+    overrides = OmegaConf.to_container(cfg.get("data_overrides") or {}, resolve=True)
+    data_cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return data_cfg
+
+
+def eval_task(cfg: DictConfig) -> dict[str, float]:
+    """``eval.py``: evaluate a checkpoint or embeddings; returns the run dir's metrics."""
+    run = RunDir(cfg.paths.output_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    evaluators = build_evaluators(OmegaConf.to_container(cfg.get("eval") or {}, resolve=False))
+    extra = list(cfg.get("extra_dims") or [])
+    only = _only_dims(cfg)
+    plots = bool(cfg.get("plots", True))
+    loggers: list = []
+    with run_record(run.record, task="eval", evaluators=list(evaluators)) as record:
+        try:
+            if cfg.get("embeddings"):
+                data = EvalData.from_arrays(load_embeddings(cfg.embeddings, mmap=True))
+                check_inputs(evaluators, data)
+                dims = eval_dims([], extra, data.width, only) or auto_dims(data.width)
+                return evaluate_arrays(
+                    data, evaluators, dims, run.path, title=str(cfg.embeddings), plots=plots
+                )
+            ckpt = Path(str(cfg.ckpt_path)).expanduser()
+            module = load_module(ckpt)
+            dm = instantiate(_data_config(cfg, ckpt))
+            record.update(method=module.method, dims=module.dims, ckpt=str(ckpt))
+            loggers = instantiate_all(
+                cfg.get("logger"), wandb={"name": cfg.get("run_name") or f"eval-{module.method}"}
+            )
+            return evaluate_run(
+                module,
+                dm,
+                evaluators,
+                run.path,
+                meta={"ckpt": str(ckpt.resolve()), "ckpt_fingerprint": file_fingerprint(ckpt)},
+                extra_dims=extra,
+                dims=only,
+                device=_device(str(cfg.get("device", "auto"))),
+                use_cache=bool(cfg.get("cache", True)),
+                plots=plots,
+                loggers=loggers,
+                title=f"{module.method} ({module.hparams.model.get('name')})",
+            )
+        finally:
+            close_wandb(loggers)

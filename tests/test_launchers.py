@@ -1,0 +1,50 @@
+"""Sweeps through submitit: the local executor runs each job in its own process, as SLURM does."""
+
+from __future__ import annotations
+
+import json
+
+from mrl_test_utils import ROOT, run_cli
+
+TINY = [
+    "data.batch_size=8",
+    "data.subset=64",
+    "data.val_size=16",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "logger=csv",
+]
+
+
+def test_submitit_local_sweep_two_jobs(tmp_path):
+    r = run_cli(
+        str(ROOT / "train.py"),
+        "-m",
+        "hydra/launcher=submitit_local",
+        "seed=0,1",
+        *TINY,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    rows = json.loads((sweep / "sweep_summary.json").read_text())
+    assert [(r["job"], r["status"]) for r in rows] == [(0, "completed"), (1, "completed")]
+    seeds = [json.loads((sweep / str(j) / "run.json").read_text())["seed"] for j in (0, 1)]
+    assert seeds == [0, 1]
+    for j in (0, 1):  # each job ran in its own submitit process, with its own log
+        assert (sweep / str(j) / "checkpoints" / "last.ckpt").is_file()
+        assert (
+            rows[j]["value"]
+            == json.loads((sweep / str(j) / "metrics.json").read_text())["val/top1"]
+        )
+    assert list((sweep / ".submitit").glob("*/*_log.out"))
+
+
+def test_slurm_launcher_without_slurm_is_one_line(tmp_path):
+    r = run_cli(str(ROOT / "train.py"), "-m", "hydra/launcher=slurm", "seed=0,1", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [
+        'error: the submitit launcher failed: Could not detect "srun", are you indeed on a slurm '
+        "cluster?; on a machine without SLURM try the sweep with hydra/launcher=submitit_local"
+    ]
