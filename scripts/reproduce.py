@@ -7,7 +7,8 @@ Stages (each resumable: a finished run is reused, an unfinished one continues fr
 ``last.ckpt``; a failed job is reported and its cells are left missing):
   1. MRL and MRL-E: ``train.py -m experiment=E mrl.efficient=false,true`` (one Hydra multirun)
   2. FF-k for every k of the nesting list: ``train.py -m experiment=E method=ff mrl.ff_dim=...``
-  3. Slim. Net: a width-slimmable ResNet (switchable BN, sandwich rule) on the same data
+  3. Slim. Net: ``train.py -m experiment=E objective=slimmable`` (a width-slimmable ResNet,
+     switchable BN, sandwich rule; the same trainer, checkpoints and resume)
   4. baselines from FF-max: SVD and Rand. LP (Table 1), FF+SVD and Rand. FS (Table 2)
   5. aggregation into ``<out>/table{1,2}_<data>.{md,csv,png}`` (scripts/aggregate.py)
 Run dirs live in ``<out>/runs/<experiment>/``.
@@ -63,66 +64,6 @@ def train_sweep(name: str, sweep_dir: Path, experiment: str, args: list[str]) ->
     return rc
 
 
-def _done(run_dir: Path) -> bool:
-    info = run_dir / "run.json"
-    return info.is_file() and json.loads(info.read_text()).get("status") == "completed"
-
-
-def train_slimmable(run_dir: Path, experiment: str, overrides: list[str]) -> None:
-    """Slim. Net on the experiment's data and schedule, evaluated at the sizes its widths give."""
-    import hydra
-    import pytorch_lightning as pl
-    from omegaconf import OmegaConf
-
-    from mrl.baselines.slimmable import SlimmableLitModule
-    from mrl.run.files import update_metrics_json, write_json_atomic
-
-    if _done(run_dir):
-        print(f"== Slim. Net: reusing {run_dir}")
-        return
-    cfg = compose(experiment, run_dir, overrides)
-    info = {"status": "running", "task": "train", "method": "Slim. Net"}
-    write_json_atomic(run_dir / "run.json", info)
-    t = time.time()
-    try:
-        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        dm = hydra.utils.instantiate(cfg.data)
-        channels = list(cfg.model.get("channels") or [64, 128, 256, 512])
-        module = SlimmableLitModule(
-            num_classes=dm.num_classes,
-            in_chans=dm.in_chans,
-            img_size=dm.img_size,
-            base_width=int(channels[0]),
-            small_input_stem=cfg.model.get("small_input_stem", "auto"),
-            label_smoothing=float(cfg.mrl.label_smoothing),
-            optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        )
-        ckpt_dir = run_dir / "checkpoints"
-        last = ckpt_dir / "last.ckpt"
-        trainer = hydra.utils.instantiate(
-            cfg.trainer,
-            logger=pl.loggers.CSVLogger(run_dir, name="csv", version=""),
-            callbacks=[
-                pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)
-            ],
-            enable_progress_bar=False,
-        )
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
-        trainer.test(module, datamodule=dm, verbose=False)
-        metrics = {
-            k.replace("test/top1@", "slim/top1@"): v
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith("test/top1@")
-        }
-        update_metrics_json(run_dir / "metrics.json", metrics)
-        info.update(status="completed", dims=module.dims, seconds=round(time.time() - t, 1))
-    except Exception as e:  # noqa: BLE001 - report, keep going with the other stages
-        info.update(status="failed", error=str(e)[:300])
-        print(f"== Slim. Net failed: {e}", flush=True)
-    finally:
-        write_json_atomic(run_dir / "run.json", info)
-
-
 def ff_max_run(ff_dir: Path) -> Path | None:
     best = None
     for info_file in ff_dir.glob("*/run.json"):
@@ -134,63 +75,56 @@ def ff_max_run(ff_dir: Path) -> Path | None:
     return best[1] if best else None
 
 
-def baselines(run_dir: Path, ff_dir: Path, dims: list[int]) -> None:
-    """SVD and Rand. LP (Table 1), FF+SVD (Table 2) from FF-max's classifier and embeddings."""
-    import numpy as np
+def baselines(run_dir: Path, ff_dir: Path, dims: list[int]) -> bool:
+    """SVD and Rand. LP (Table 1), FF+SVD (Table 2) from FF-max's classifier and embeddings.
 
+    Returns False (and records ``status: failed`` in ``run.json``) when they cannot be computed.
+    """
     from mrl.baselines import ff_svd_1nn, rand_lp, svd_top1
     from mrl.eval.cache import load_embeddings
-    from mrl.run.files import update_metrics_json, write_json_atomic
+    from mrl.run.files import update_metrics_json
     from mrl.run.layout import RunDir
+    from mrl.run.record import read_record, run_record
     from mrl.tasks.evaluate import load_module
 
-    if _done(run_dir):
+    run = RunDir(run_dir)
+    if read_record(run.record).get("status") == "completed":
         print(f"== baselines: reusing {run_dir}")
-        return
-    info = {"status": "running", "task": "baselines", "method": "baselines"}
-    write_json_atomic(run_dir / "run.json", info)
+        return True
+    run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        src = ff_max_run(ff_dir)
-        if src is None:
-            raise RuntimeError(f"no completed FF run under {ff_dir}: baselines need FF-max")
-        ckpt = next(iter(sorted((src / "checkpoints").glob("last.ckpt"))), None)
-        if ckpt is None:
-            raise RuntimeError(f"{src} has no checkpoints/last.ckpt")
-        module = load_module(ckpt)
-        arr = load_embeddings(RunDir(src).embeddings)
-        head = module.net.head.heads[0]
-        w = head.weight.detach().numpy()
-        b = head.bias.detach().numpy()
-        # FF-max's representation is what its classifier reads: the first ff_dim features
-        d = w.shape[1]
-        tx, ty, qx, qy = arr["train_x"][:, :d], arr["train_y"], arr["test_x"][:, :d], arr["test_y"]
-        n_cls = int(module.hparams.num_classes)
-        t = time.time()
-        m: dict[str, float] = {}
-        for k, v in svd_top1(w, b, qx, qy, dims).items():
-            if v is not None:
-                m[f"svd/top1@d{k}"] = v
-        for k, v in rand_lp(tx, ty, qx, qy, dims, n_cls, seed=0).items():
-            if v is not None:
-                m[f"rand_lp/top1@d{k}"] = v
-        for k, v in ff_svd_1nn(tx, ty, qx, qy, dims).items():
-            if v is not None:
-                m[f"ff_svd/knn_top1@d{k}"] = v
-        update_metrics_json(run_dir / "metrics.json", m)
-        info.update(
-            status="completed",
-            source=str(src),
-            seconds=round(time.time() - t, 1),
-            svd_rank_limit=int(min(w.shape)),
-            dims=dims,
-        )
-        print(f"== baselines from {src.name}: {len(m)} cells in {time.time() - t:.0f}s")
-        del np
-    except Exception as e:  # noqa: BLE001
-        info.update(status="failed", error=str(e)[:300])
+        with run_record(run.record, task="baselines", method="baselines", dims=dims) as info:
+            src = ff_max_run(ff_dir)
+            if src is None:
+                raise RuntimeError(f"no completed FF run under {ff_dir}: baselines need FF-max")
+            module = load_module(RunDir(src).last_ckpt)
+            arr = load_embeddings(RunDir(src).embeddings)
+            head = module.net.head.heads[0]
+            w = head.weight.detach().numpy()
+            b = head.bias.detach().numpy()
+            # FF-max's representation is what its classifier reads: the first ff_dim features
+            d = w.shape[1]
+            tx, ty = arr["train_x"][:, :d], arr["train_y"]
+            qx, qy = arr["test_x"][:, :d], arr["test_y"]
+            n_cls = int(module.hparams.num_classes)
+            t = time.time()
+            m: dict[str, float] = {}
+            for k, v in svd_top1(w, b, qx, qy, dims).items():
+                if v is not None:
+                    m[f"svd/top1@d{k}"] = v
+            for k, v in rand_lp(tx, ty, qx, qy, dims, n_cls, seed=0).items():
+                if v is not None:
+                    m[f"rand_lp/top1@d{k}"] = v
+            for k, v in ff_svd_1nn(tx, ty, qx, qy, dims).items():
+                if v is not None:
+                    m[f"ff_svd/knn_top1@d{k}"] = v
+            update_metrics_json(run.metrics, m)
+            info.update(source=str(src), svd_rank_limit=int(min(w.shape)))
+            print(f"== baselines from {src.name}: {len(m)} cells in {time.time() - t:.0f}s")
+    except Exception as e:  # noqa: BLE001 - reported and counted; the tables are still written
         print(f"== baselines failed: {e}", flush=True)
-    finally:
-        write_json_atomic(run_dir / "run.json", info)
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         failures += ["FF"] * (rc != 0)
     if "slim" not in a.skip:
-        train_slimmable(runs / "slim", a.experiment, a.overrides)
-    if "baselines" not in a.skip:
-        baselines(runs / "baselines", runs / "ff", dims)
+        rc = train_sweep(
+            "Slim. Net", runs / "slim", a.experiment, ["objective=slimmable", *a.overrides]
+        )
+        failures += ["Slim. Net"] * (rc != 0)
+    if "baselines" not in a.skip and not baselines(runs / "baselines", runs / "ff", dims):
+        failures.append("baselines")
     header = (
         f"Experiment `{a.experiment}` (conf/experiment/{a.experiment}.yaml): model "
         f"{cfg.model.name} channels={list(cfg.model.get('channels') or [])}, dims {dims}, "
@@ -243,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         f"written: {', '.join(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in files.values())}"
     )
     print(f"total wall-clock: {time.time() - t0:.0f} s")
+    if failures:
+        print(f"failed stages (their cells are missing): {', '.join(failures)}", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -338,3 +338,51 @@ def test_embedding_cache_memory_maps_in_place(tmp_path):
     np.save(cache / "train_x.npy", np.array([object()], dtype=object), allow_pickle=True)
     with pytest.raises(MRLError, match="unreadable"):
         load_embeddings(cache, mmap=True)
+
+
+def test_slimmable_runs_through_the_shared_trainer_and_resumes(tmp_path, monkeypatch):
+    """objective=slimmable: the same trainer, atomic last.ckpt and ckpt_path=last as MRL runs;
+    killed after epoch 1 and resumed, it ends with the uninterrupted run's metrics."""
+    args = (
+        "objective=slimmable",
+        "objective.base_width=16",
+        "data.batch_size=16",
+        "data.val_size=16",
+        "data.test_subset=32",
+        "data.subset=48",
+        "trainer.max_epochs=2",
+        "logger=csv",
+        "~callbacks.rich_progress_bar",
+    )
+    train(compose_cfg("train", tmp_path / "a", *args))
+    a = _json(tmp_path / "a" / "metrics.json")
+    run = _json(tmp_path / "a" / "run.json")
+    assert run["method"] == "Slim. Net" and run["dims"] == [
+        32,
+        64,
+        96,
+        128,
+    ]  # 8 x base width at 25..100%
+    assert {f"test/top1@d{m}" for m in run["dims"]} <= set(a)
+    assert isinstance(
+        build_trainer(compose_cfg("train", tmp_path / "t", *args), [], []).strategy.checkpoint_io,
+        AtomicCheckpointIO,
+    )
+
+    save = LastCheckpoint.on_train_epoch_end
+
+    def save_then_die(self, trainer, pl_module):
+        save(self, trainer, pl_module)
+        if trainer.current_epoch == 0:
+            raise _Killed
+
+    monkeypatch.setattr(LastCheckpoint, "on_train_epoch_end", save_then_die)
+    with pytest.raises(_Killed):
+        train(compose_cfg("train", tmp_path / "c", *args))
+    monkeypatch.undo()
+    assert _json(tmp_path / "c" / "run.json")["status"] == "failed"
+    train(compose_cfg("train", tmp_path / "c", *args, "ckpt_path=last"))
+    run = _json(tmp_path / "c" / "run.json")
+    assert run["status"] == "completed" and run["resumes"] == 1
+    assert run["resumed_from"]["global_step"] == 3 and run["global_step"] == 6
+    assert _json(tmp_path / "c" / "metrics.json") == a

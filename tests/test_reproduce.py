@@ -113,6 +113,11 @@ def test_reproduce_pipeline_on_fake_imagenet(fake_imagenet, tmp_path):
     assert cells[("SVD", 8)] is None  # rank limit: 3 classes
     assert cells[("SVD", 64)] is None
     assert cells[("Rand. LP", 8)] is not None
+    # Slim. Net ran through train.py like the others (its own run dir, record and checkpoint)
+    (slim,) = (tmp_path / "res" / "runs" / "table1_imagenet" / "slim").glob("[0-9]*")
+    assert json.loads((slim / "run.json").read_text())["method"] == "Slim. Net"
+    assert (slim / "checkpoints" / "last.ckpt").is_file()
+    assert 0 <= cells[("Slim. Net", 64)] <= 100 and cells[("Slim. Net", 8)] is None
     t2 = {
         (row["method"], row["dim"]): row["top1"]
         for row in read_csv(tmp_path / "res" / "table2_imagenet.csv")

@@ -49,7 +49,7 @@ def runs_root(tmp_path):
             "ff_svd/knn_top1@d8": 0.2,
         },
     )
-    _run(root, "slim", "Slim. Net", {"slim/top1@d8": 0.1})
+    _run(root, "slim", "Slim. Net", {"test/top1@d8": 0.1})
     (root / "broken").mkdir()
     (root / "broken" / "run.json").write_text("{not json")
     return root

@@ -14,7 +14,7 @@ MRL, MRL-E              ``test/top1@d{m}`` of the MRL(-E) run      ``knn/top1@d{
 FF                      ``test/top1@d{m}`` of the FF-m run         ``knn/top1@d{m}`` of FF-m
 SVD                     ``svd/top1@d{m}`` (baselines run)          -
 Rand. LP                ``rand_lp/top1@d{m}`` (baselines run)      -
-Slim. Net               ``slim/top1@d{m}`` (slimmable run)         -
+Slim. Net               ``test/top1@d{m}`` of the slimmable run    -
 FF+SVD                  -                                          ``ff_svd/knn_top1@d{m}``
 Rand. FS                -                                          ``knn/top1@d{m}`` of FF-max
 ======================  =========================================  ==========================
@@ -135,7 +135,7 @@ def table1(runs: Sequence[Run], dims: Sequence[int]) -> list[dict[str, Any]]:
             elif method == "Rand. LP" and base:
                 v = base.metrics.get(f"rand_lp/top1@d{m}")
             elif method == "Slim. Net" and slim:
-                v = slim.metrics.get(f"slim/top1@d{m}")
+                v = slim.metrics.get(f"test/top1@d{m}")
             rows.append({"method": method, "dim": int(m), "top1": _pct(v)})
     return rows
 

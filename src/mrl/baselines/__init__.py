@@ -20,7 +20,6 @@ reported as missing, like the paper's '-', never invented.
 
 from mrl.baselines.random_features import rand_fs_1nn, rand_lp, random_feature_indices
 from mrl.baselines.slimmable import (
-    SLIMMABLE_OPTIM,
     WIDTH_MULTS,
     SlimmableBasicBlock,
     SlimmableConv2d,
@@ -41,7 +40,6 @@ from mrl.baselines.svd import (
 )
 
 __all__ = [
-    "SLIMMABLE_OPTIM",
     "SVDFeatures",
     "SlimmableBasicBlock",
     "SlimmableConv2d",

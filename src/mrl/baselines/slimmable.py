@@ -55,7 +55,6 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,12 +62,11 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mrl.core.errors import MRLError
 from mrl.core.validate import as_sizes, is_number, positive_int
-from mrl.objectives.classification import _DEFAULT_OPTIM, NestedClassifierSteps, _validate_optim
+from mrl.objectives.classification import NestedClassifierSteps
+from mrl.objectives.nested import NestedObjective
+from mrl.objectives.optim import optim_settings
 
 WIDTH_MULTS = (0.25, 0.5, 0.75, 1.0)
-# conf/optim/sgd.yaml, the MRL runs' SGD recipe: momentum 0.9, weight decay 5e-4 (none on
-# BatchNorm and biases), half an epoch of per-step warm-up, then linear decay to 0.
-SLIMMABLE_OPTIM: dict[str, Any] = {**_DEFAULT_OPTIM, "weight_decay": 5e-4, "warmup_epochs": 0.5}
 
 
 def scaled_channels(channels: int, mult: float) -> int:
@@ -432,7 +430,7 @@ def sandwich_widths(
     return [mults[0], *[middle[i] for i in pick], mults[-1]]
 
 
-class SlimmableLitModule(NestedClassifierSteps, pl.LightningModule):
+class SlimmableLitModule(NestedClassifierSteps, NestedObjective):
     """Trains a :class:`SlimmableResNet` on image classification (the "Slim. Net" baseline).
 
     Args:
@@ -445,8 +443,8 @@ class SlimmableLitModule(NestedClassifierSteps, pl.LightningModule):
         label_smoothing: inside every width's cross-entropy (MRL: 0.1).
         optim: as :class:`mrl.objectives.classification.MRLLitModule` (``name``, ``lr``, ``momentum``,
             ``weight_decay``, ``no_decay_norm_bias``, ``warmup_epochs``, ``schedule``, ...),
-            defaults :data:`SLIMMABLE_OPTIM` (SGD, lr 0.1, momentum 0.9, weight decay 5e-4,
-            0.5 epoch warm-up, linear decay to 0).
+            missing keys from :data:`mrl.objectives.optim.SGD_RECIPE` (SGD, lr 0.1, momentum
+            0.9, weight decay 5e-4, 0.5 epoch warm-up, linear decay to 0).
 
     ``forward(x)`` returns ``{size: logits}`` for every width (like the MRL module's
     ``{m: logits}``); ``self.dims`` lists the sizes.
@@ -490,8 +488,8 @@ class SlimmableLitModule(NestedClassifierSteps, pl.LightningModule):
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise MRLError(f"label_smoothing={label_smoothing!r} must be in [0, 1)")
         self.label_smoothing = float(label_smoothing)
-        self.optim_cfg = {**SLIMMABLE_OPTIM, **(optim or {})}
-        _validate_optim(self.optim_cfg)
+        self.prefix_weights = dict.fromkeys(self.dims, 1.0)  # widths summed unweighted
+        self.optim_cfg = optim_settings(optim)
         self._topks = sorted({1, min(5, num_classes)})
         self.metrics = nn.ModuleDict(
             {
@@ -515,27 +513,15 @@ class SlimmableLitModule(NestedClassifierSteps, pl.LightningModule):
         return self.net.set_width(1.0).embed(x)
 
     # ------------------------------------------------------------------ steps
-    def training_step(self, batch, batch_idx):
+    def prefix_losses(self, batch) -> dict[int, torch.Tensor]:
+        """Cross-entropy of each width run this step (the sandwich rule), keyed by its size."""
         x, y = batch
-        total = None
         per: dict[int, torch.Tensor] = {}
         for mult in sandwich_widths(self.net.width_mults, self.widths_per_step):
             logits = self.net.set_width(mult)(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-            per[self.sizes[mult]] = loss
-            total = loss if total is None else total + loss
+            per[self.sizes[mult]] = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         self.net.set_width(1.0)
-        if not torch.isfinite(total):
-            bad = [m for m, v in per.items() if not torch.isfinite(v)] or self.dims
-            raise MRLError(
-                f"non-finite loss {total.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}), width size d{bad[0]}; lower optim.lr="
-                f"{self.optim_cfg['lr']} or check the data"
-            )
-        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True)
-        for size, v in per.items():
-            self.log(f"train/loss@d{size}", v, on_step=False, on_epoch=True)
-        return total
+        return per
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -70,7 +70,7 @@ def match_data(module: Any, dm: Any) -> None:
             f"{getattr(dm, 'name', '')!r} has {dm.num_classes} / {dm.in_chans}; evaluate on the "
             "data it was trained on"
         )
-    if hasattr(dm, "set_data_config"):
+    if hasattr(dm, "set_data_config") and hasattr(module.net, "backbone"):
         data_cfg = module.net.backbone.data_config()
         data_cfg["input_size"] = (int(dm.in_chans), int(dm.img_size), int(dm.img_size))
         dm.set_data_config(data_cfg)

@@ -78,22 +78,12 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 
 
 def build_module(cfg: DictConfig, dm: Any) -> MRLLitModule:
-    mrl_cfg = cfg.mrl
-    module = MRLLitModule(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
-        num_classes=int(dm.num_classes),
-        in_chans=int(dm.in_chans),
-        img_size=int(dm.img_size),
-        dims=OmegaConf.to_container(mrl_cfg.dims, resolve=True)
-        if OmegaConf.is_list(mrl_cfg.dims)
-        else mrl_cfg.dims,
-        efficient=bool(mrl_cfg.efficient),
-        ff_dim=mrl_cfg.get("ff_dim"),
-        weights=OmegaConf.to_container(mrl_cfg.weights) if mrl_cfg.get("weights") else None,
-        label_smoothing=float(mrl_cfg.label_smoothing),
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+    """The objective of ``cfg.objective`` (by its ``_target_``), completed by the data."""
+    make = instantiate(cfg.objective)
+    module = make(
+        num_classes=int(dm.num_classes), in_chans=int(dm.in_chans), img_size=int(dm.img_size)
     )
-    if hasattr(dm, "set_data_config"):
+    if hasattr(dm, "set_data_config") and hasattr(module.net, "backbone"):  # timm's transform
         data_cfg = module.net.backbone.data_config()
         data_cfg["input_size"] = (int(dm.in_chans), int(dm.img_size), int(dm.img_size))
         dm.set_data_config(data_cfg)
@@ -184,7 +174,7 @@ def _train(cfg: DictConfig, run: RunDir, info, previous: dict, loggers: list) ->
         model=cfg.model.name,
         data=getattr(dm, "name", str(cfg.data.get("_target_"))),
         seed=int(cfg.seed),
-        embed_dim=module.net.embed_dim,
+        embed_dim=int(getattr(module.net, "embed_dim", module.dims[-1])),
         params=sum(p.numel() for p in module.parameters()),
     )
     if ckpt_path is not None:
