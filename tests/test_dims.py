@@ -93,3 +93,14 @@ def test_parse_weights():
     ]:
         with pytest.raises(MRLError, match=match):
             parse_weights(bad, [8, 16])
+
+
+def test_weights_mapping_sets_some_dims_others_one():
+    from mrl.core.dims import parse_weights
+
+    assert parse_weights({8: 2}, [8, 16, 32]) == [2.0, 1.0, 1.0]  # the paper's "8boost"
+    assert parse_weights({"16": 0.5}, [8, 16, 32]) == [1.0, 0.5, 1.0]  # YAML / Optuna keys
+    with pytest.raises(MRLError, match=r"12 is not one of the dims \[8, 16\]"):
+        parse_weights({12: 1.0}, [8, 16])
+    with pytest.raises(MRLError, match="must be a finite number >= 0"):
+        parse_weights({8: -1}, [8, 16])

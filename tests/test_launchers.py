@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from mrl_test_utils import ROOT, run_cli
 
 TINY = [
@@ -48,3 +50,35 @@ def test_slurm_launcher_without_slurm_is_one_line(tmp_path):
         'error: the submitit launcher failed: Could not detect "srun", are you indeed on a slurm '
         "cluster?; on a machine without SLURM try the sweep with hydra/launcher=submitit_local"
     ]
+
+
+def test_optuna_search_two_trials_on_a_validation_metric(tmp_path):
+    r = run_cli(
+        str(ROOT / "train.py"),
+        "hparams_search=mrl_optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        *TINY,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    rows = json.loads((sweep / "sweep_summary.json").read_text())
+    assert [(row["job"], row["status"], row["metric"]) for row in rows] == [
+        (0, "completed", "val/top1"),
+        (1, "completed", "val/top1"),
+    ]
+    lrs = set()
+    for row in rows:
+        job = sweep / str(row["job"])
+        assert row["value"] == json.loads((job / "metrics.json").read_text())["val/top1"]
+        params = dict(o.split("=", 1) for o in row["overrides"])
+        lrs.add(params["optim.lr"])
+        assert 0.01 <= float(params["optim.lr"]) <= 0.5
+        # the sampled importance of the smallest prefix reached the loss
+        ckpt = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["hyper_parameters"]["weights"] == {"8": float(params["mrl.weights.8"])}
+        assert float(params["mrl.weights.8"]) != 1.0
+    assert len(lrs) == 2  # two different trials
+    best = max(row["value"] for row in rows)
+    assert f"Best value: {best}" in r.stdout + r.stderr

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 TABLE1_METHODS = ("Rand. LP", "SVD", "FF", "Slim. Net", "MRL", "MRL-E")
 TABLE2_METHODS = ("MRL", "MRL-E", "FF", "FF+SVD", "Rand. FS")
 
-# The paper's ResNet50 / ImageNet-1K numbers (DESIGN.md section 2); None = not reported/verified.
+# The paper's ResNet50 / ImageNet-1K numbers (Kusupati et al., 2022, Tables 1-2); None = not reported/verified.
 PAPER_DIMS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 

@@ -19,17 +19,7 @@ reported as missing, like the paper's '-', never invented.
 """
 
 from mrl.baselines.random_features import rand_fs_1nn, rand_lp, random_feature_indices
-from mrl.baselines.slimmable import (
-    WIDTH_MULTS,
-    SlimmableBasicBlock,
-    SlimmableConv2d,
-    SlimmableLinear,
-    SlimmableLitModule,
-    SlimmableResNet,
-    SwitchableBatchNorm2d,
-    sandwich_widths,
-    slimmable_top1,
-)
+from mrl.baselines.slimmable import slimmable_top1
 from mrl.baselines.svd import (
     SVDFeatures,
     ff_svd_1nn,
@@ -38,6 +28,15 @@ from mrl.baselines.svd import (
     svd_features,
     svd_top1,
 )
+from mrl.models.slimmable import (
+    WIDTH_MULTS,
+    SlimmableBasicBlock,
+    SlimmableConv2d,
+    SlimmableLinear,
+    SlimmableResNet,
+    SwitchableBatchNorm2d,
+)
+from mrl.objectives.slimmable import SlimmableLitModule, sandwich_widths
 
 __all__ = [
     "SVDFeatures",

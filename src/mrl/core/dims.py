@@ -137,9 +137,23 @@ def parse_dims(spec: Any, width: int | None = None) -> list[int]:
 
 
 def parse_weights(weights: Any, dims: Sequence[int]) -> list[float]:
-    """Relative importance ``c_m`` per prefix (paper: all 1). ``None`` gives ones."""
+    """Relative importance ``c_m`` per prefix (paper: all 1). ``None`` gives ones.
+
+    A list gives one weight per dim; a mapping ``{dim: weight}`` (keys ints or digit strings,
+    e.g. ``{8: 2}``, the paper's "8boost") sets those dims and leaves the others at 1.
+    """
     if weights is None:
         return [1.0] * len(dims)
+    if hasattr(weights, "items"):
+        given = {}
+        for k, v in weights.items():
+            key = str(k)
+            if not key.isdigit() or int(key) not in dims:
+                raise MRLError(
+                    f"mrl.weights={dict(weights)!r}: {k!r} is not one of the dims {list(dims)}"
+                )
+            given[int(key)] = v
+        weights = [given.get(m, 1.0) for m in dims]
     if isinstance(weights, str) or not hasattr(weights, "__iter__"):
         raise MRLError(
             f"mrl.weights={weights!r}: give a list of {len(dims)} non-negative numbers, "
