@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test test-fast lint format reproduce-table1 train aggregate clean-logs
+.PHONY: help setup data test test-readme test-fast lint format reproduce-table1 train aggregate clean-logs
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -28,11 +28,14 @@ data: ## install the embedded Fashion-MNIST (Debian's dataset-fashion-mnist) whe
 	  && echo "installed dataset-fashion-mnist"; \
 	else echo "dataset-fashion-mnist not installed: torchvision will download Fashion-MNIST"; fi
 
-test: setup ## run the whole test suite (unit + integration on real data)
-	$(PY) -m pytest -q
+test: setup ## run the whole test suite (unit + integration on real data; not the README replay)
+	$(PY) -m pytest -q -m "not readme"
+
+test-readme: setup ## run every command of README.md as written (small sizes; a few minutes)
+	$(PY) -m pytest -q -m readme
 
 test-fast: $(STAMP) ## unit tests only (no training runs)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not readme"
 
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

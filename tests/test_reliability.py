@@ -52,6 +52,18 @@ class _Killed(Exception):
     """Stands for SIGKILL right after the epoch-end checkpoint (nothing else is written)."""
 
 
+def _die_after_first_epoch(monkeypatch) -> None:
+    """Make training die right after the first epoch's last.ckpt is written (a kill)."""
+    save = LastCheckpoint.on_train_epoch_end
+
+    def save_then_die(self, trainer, pl_module):
+        save(self, trainer, pl_module)
+        if trainer.current_epoch == 0:
+            raise _Killed
+
+    monkeypatch.setattr(LastCheckpoint, "on_train_epoch_end", save_then_die)
+
+
 # ----------------------------------------------------------------------------- resume + determinism
 def test_resume_after_epoch_equals_uninterrupted_and_same_seed_same_metrics(tmp_path, monkeypatch):
     args = (*TINY, "logger=csv", "data.subset=48", "trainer.max_epochs=2")  # 3 steps per epoch
@@ -68,14 +80,7 @@ def test_resume_after_epoch_equals_uninterrupted_and_same_seed_same_metrics(tmp_
     assert ckpts[-1] == "last.ckpt" and len(ckpts) == 2 and ckpts[0].startswith("epoch")
     assert torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
 
-    save = LastCheckpoint.on_train_epoch_end
-
-    def save_then_die(self, trainer, pl_module):
-        save(self, trainer, pl_module)
-        if trainer.current_epoch == 0:
-            raise _Killed
-
-    monkeypatch.setattr(LastCheckpoint, "on_train_epoch_end", save_then_die)
+    _die_after_first_epoch(monkeypatch)
     with pytest.raises(_Killed):
         train(cfg("c"))
     monkeypatch.undo()
@@ -369,14 +374,7 @@ def test_slimmable_runs_through_the_shared_trainer_and_resumes(tmp_path, monkeyp
         AtomicCheckpointIO,
     )
 
-    save = LastCheckpoint.on_train_epoch_end
-
-    def save_then_die(self, trainer, pl_module):
-        save(self, trainer, pl_module)
-        if trainer.current_epoch == 0:
-            raise _Killed
-
-    monkeypatch.setattr(LastCheckpoint, "on_train_epoch_end", save_then_die)
+    _die_after_first_epoch(monkeypatch)
     with pytest.raises(_Killed):
         train(compose_cfg("train", tmp_path / "c", *args))
     monkeypatch.undo()

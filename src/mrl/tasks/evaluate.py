@@ -23,7 +23,7 @@ from mrl.core.dims import auto_dims
 from mrl.core.errors import MRLError
 from mrl.eval.cache import file_fingerprint, load_embeddings
 from mrl.eval.pipeline import eval_dims, evaluate_arrays, evaluate_run
-from mrl.eval.registry import EvalData, build_evaluators, check_inputs
+from mrl.eval.registry import EvalData, build_evaluators
 from mrl.objectives.classification import MRLLitModule
 from mrl.run.checkpoints import read_checkpoint
 from mrl.run.layout import RunDir, run_dir_of
@@ -65,6 +65,15 @@ def _only_dims(cfg: DictConfig) -> list[int] | None:
     return list(only)
 
 
+def _evaluators_chosen() -> bool:
+    """True when the command line chose the evaluators (``eval=[...]``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return any(o.split("=", 1)[0] == "eval" for o in HydraConfig.get().overrides.task)
+
+
 def _data_config(cfg: DictConfig, ckpt: Path) -> dict[str, Any]:
     """``data=...`` if given, else the training run's; ``data_overrides`` applied on top."""
     if cfg.get("data"):
@@ -97,7 +106,10 @@ def eval_task(cfg: DictConfig) -> dict[str, float]:
         try:
             if cfg.get("embeddings"):
                 data = EvalData.from_arrays(load_embeddings(cfg.embeddings, mmap=True))
-                check_inputs(evaluators, data)
+                if not _evaluators_chosen():  # the default list: what bare embeddings allow
+                    skipped = [n for n, e in evaluators.items() if e.needs_heads]
+                    evaluators = {n: e for n, e in evaluators.items() if not e.needs_heads}
+                    print(f"embeddings: skipping {skipped} (they need a model's trained heads)")
                 dims = eval_dims([], extra, data.width, only) or auto_dims(data.width)
                 return evaluate_arrays(
                     data, evaluators, dims, run.path, title=str(cfg.embeddings), plots=plots
