@@ -1,19 +1,9 @@
-"""Evaluate a trained model at every prefix: ``python eval.py ckpt_path=<ckpt> [eval=[knn]]``."""
+"""Evaluate a trained model at every prefix: ``python eval.py ckpt_path=<ckpt> [eval=[knn]]``.
 
-import hydra
-from omegaconf import DictConfig
+The same as ``mrl-eval`` and ``python -m mrl eval`` (:func:`mrl.cli.eval_main`).
+"""
 
-from mrl.cli import one_line_errors, register_resolvers
-from mrl.tasks.evaluate import eval_task
-
-register_resolvers()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    eval_task(cfg)
-
+from mrl.cli import eval_main
 
 if __name__ == "__main__":
-    main()
+    eval_main()

@@ -1,6 +1,7 @@
 """The README is executable: every command in its code blocks runs as written.
 
-Commands run in order in a temporary working copy (``train.py``, ``eval.py``, ``conf/``), with
+Commands run in order in a temporary working copy (``train.py``, ``eval.py``; the configs ship
+inside the package), with
 only size-limiting overrides appended (a few batches of a small subset; 2 Optuna trials).
 Placeholders are the runs made by earlier commands: ``<run dir>``, ``<ckpt>`` and
 ``logs/train/runs/<run>`` name the first plain ``python train.py`` run, ``logs/eval/runs/<run>``
@@ -78,7 +79,6 @@ def test_readme_commands_run_as_written(tmp_path):  # about 5 minutes on 2 cores
     work.mkdir()
     for name in ("train.py", "eval.py"):
         shutil.copy(ROOT / name, work / name)
-    shutil.copytree(ROOT / "conf", work / "conf")
     data = tmp_path / "data"  # CIFAR-10 for data=cifar10 (torchvision cannot download here)
     sys.path.insert(0, str(ROOT / "tests" / "data"))
     from mrl_data_helpers import make_cifar
@@ -112,11 +112,11 @@ def test_readme_commands_run_as_written(tmp_path):  # about 5 minutes on 2 cores
         if cluster:  # compose the command's config as the launcher would receive it
             from hydra import compose, initialize_config_dir
 
-            from mrl.cli import register_resolvers
+            from mrl.cli import CONF_DIR, register_resolvers
 
             register_resolvers()
             overrides = [a for a in args[2:] if a != "-m"]
-            with initialize_config_dir(str(work / "conf"), version_base="1.3"):
+            with initialize_config_dir(CONF_DIR, version_base="1.3"):
                 cfg = compose("train", overrides=overrides, return_hydra_config=True)
             launcher = cfg.hydra.launcher
             for key, value in COMPOSE_ONLY[cluster].items():

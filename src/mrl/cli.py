@@ -1,4 +1,11 @@
-"""Entry-point glue: every bad input ends in one line, ``error: <message>``, and exit status 2.
+"""Entry points and their glue: ``mrl-train`` / ``mrl-eval`` / ``python -m mrl train|eval``
+(:func:`train_main`, :func:`eval_main`; the root ``train.py`` / ``eval.py`` call the same), the
+config resolvers, and one-line errors: every bad input ends in ``error: <message>`` and exit
+status 2.
+
+The configs ship inside the package (``mrl/conf``; the repository's ``conf/`` is that folder),
+so the commands work from any directory; ``--config-dir <dir>`` adds a user's own groups and
+options (e.g. ``<dir>/experiment/mine.yaml``, then ``experiment=mine``).
 
 Covered: :class:`~mrl.core.errors.MRLError` (bad values found by the code), Hydra's own errors
 (an unknown config group option such as ``data=nope`` or ``eval=[nope]``, an unknown key, an
@@ -283,3 +290,39 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID)
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)
+
+
+# ----------------------------------------------------------------------------- entry points
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
+
+
+def _run(config_name: str, task: Callable[[Any], Any]) -> None:
+    import hydra
+
+    register_resolvers()
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(
+        one_line_errors(task)
+    )()
+
+
+def _train(cfg: Any) -> float | None:
+    from mrl.tasks.train import train
+
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric") or "", None)  # for sweepers
+
+
+def _evaluate(cfg: Any) -> None:
+    from mrl.tasks.evaluate import eval_task
+
+    eval_task(cfg)
+
+
+def train_main() -> None:
+    """``mrl-train [overrides]``: train (``conf/train.yaml``), as ``python train.py``."""
+    _run("train", _train)
+
+
+def eval_main() -> None:
+    """``mrl-eval [overrides]``: evaluate (``conf/eval.yaml``), as ``python eval.py``."""
+    _run("eval", _evaluate)
