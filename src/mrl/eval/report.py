@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mrl.run.layout import RunDir
+
 
 def per_prefix_curves(
     metrics: Mapping[str, float], names: Sequence[str], dims: Sequence[int]
@@ -111,7 +113,7 @@ def report(
     """PNG plot, W&B tables/plots and the printed per-prefix table of one evaluation."""
     curves = per_prefix_curves(final, names, dims)
     if plots:
-        plot_curves(curves, out_dir / "plots" / "metric_vs_dim.png", title)
+        plot_curves(curves, RunDir(out_dir).plot, title)
     log_to_wandb(loggers, metrics, curves, dims)
     print(f"\n{title}: per-prefix metrics (%)\n{prefix_table(final, dims, list(curves))}")
     for k in sorted(metrics):
