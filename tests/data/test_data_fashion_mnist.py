@@ -220,3 +220,48 @@ def test_real_fashion_mnist():
     assert x.shape == (256, 1, 28, 28) and y.shape == (256,)
     x, _ = next(iter(dm.test_dataloader()))
     assert abs(x.mean().item()) < 0.2 and abs(x.std().item() - 1) < 0.2
+
+
+@pytest.mark.skipif(find_idx_files(REAL) is None, reason="needs Debian's dataset-fashion-mnist")
+def test_base_classes_never_reach_training_and_novel_ones_stay_for_few_shot():
+    """Novel-class split on the real data: no novel-class image in a training batch or in
+    validation; every class (novel ones included) in train_eval (few-shot support) and test."""
+    dm = FashionMNISTDataModule(
+        root=REAL, val_size=1000, batch_size=4096, train_classes=[0, 1, 2, 3, 4], augment=False
+    )
+    dm.setup("fit")
+    train_labels = torch.cat([y for _, y in dm.train_dataloader()])
+    assert set(train_labels.tolist()) == {0, 1, 2, 3, 4}
+    # the official split has 6,000 per class: the five base classes, less their val share
+    assert 29_000 < len(train_labels) < 30_000
+    assert set(all_items(dm.val_dataloader())[1].tolist()) <= {0, 1, 2, 3, 4}
+    assert set(dm.dataset("train_eval").targets.tolist()) == set(range(10))
+    assert len(dm.dataset("train_eval")) == 59_000 and len(dm.dataset("test")) == 10_000
+    with pytest.raises(MRLError, match="train_classes has 12"):
+        FashionMNISTDataModule(root=REAL, train_classes=[0, 12]).setup("fit")
+    with pytest.raises(MRLError, match="lists a class twice"):
+        FashionMNISTDataModule(root=REAL, train_classes=[1, 1])
+
+
+@pytest.mark.skipif(find_idx_files(REAL) is None, reason="needs Debian's dataset-fashion-mnist")
+def test_long_tail_profile_is_seeded_and_exponential():
+    def counts(seed):
+        dm = FashionMNISTDataModule(root=REAL, val_size=1000, imbalance_ratio=100, seed=seed)
+        dm.setup("fit")
+        return dm, np.bincount(dm.dataset("train").targets.numpy(), minlength=10)
+
+    dm, c0 = counts(0)
+    _, again = counts(0)
+    _, c1 = counts(1)
+    np.testing.assert_array_equal(c0, again)  # same seed, same set
+    assert not np.array_equal(c0, c1)  # another seed ranks the classes differently
+    ranked = np.sort(c0)[::-1]
+    n_max = ranked[0]
+    expected = [round(n_max * 100 ** (-i / 9)) for i in range(10)]
+    np.testing.assert_array_equal(ranked, expected)  # n_max * r^(-i/(C-1))
+    assert ranked[0] / ranked[-1] == pytest.approx(100, rel=0.02)
+    groups = dm.class_groups()
+    assert sorted(groups["head"] + groups["medium"] + groups["tail"]) == list(range(10))
+    assert min(c0[groups["head"]]) > max(c0[groups["tail"]])
+    with pytest.raises(MRLError, match="imbalance_ratio=0.5 is invalid"):
+        FashionMNISTDataModule(root=REAL, imbalance_ratio=0.5)

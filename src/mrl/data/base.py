@@ -20,6 +20,17 @@ items of a seeded permutation of the remaining training items (``test_subset`` l
 test split), for fast runs; a subset larger than the split keeps the whole split. With
 ``val_size=0`` there is no validation split and :meth:`val_dataloader` returns ``[]``
 (Lightning then skips validation).
+
+Class splits (the paper's novel-class and long-tail experiments; datasets with label arrays)
+--------------------------------------------------------------------------------------------
+* ``train_classes=[...]``: the train and val splits keep only those classes (the *base*
+  classes); ``train_eval`` (the database of kNN / the support set of few-shot) keeps every
+  class, so the held-out *novel* classes can be evaluated few-shot; test keeps every class.
+* ``imbalance_ratio=r`` (> 1): a long-tailed train split. Classes are ranked by a permutation
+  seeded by ``seed``; the class of rank ``i`` keeps ``round(n_max * r ** (-i / (C - 1)))``
+  items (``n_max`` = the smallest class's count in the balanced split), the first ones of a
+  seeded permutation of that class. ``train_eval`` is the same long-tailed set; val and
+  test stay balanced. :meth:`MRLDataModule.class_groups` names the head / medium / tail thirds.
 """
 
 from __future__ import annotations
@@ -87,6 +98,41 @@ def take_subset(indices: np.ndarray, subset: int | None, seed: int, stream: int)
     return np.sort(picked)
 
 
+def _check_classes(classes: Any) -> list[int] | None:
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or not classes:
+        raise MRLError(
+            f"train_classes={classes!r} is invalid; give a non-empty list of class ids, "
+            "e.g. [0,1,2,3,4], or null for all"
+        )
+    out = [check_int("train_classes[i]", c, 0) for c in classes]
+    if len(set(out)) != len(out):
+        raise MRLError(f"train_classes={list(classes)!r} lists a class twice")
+    return sorted(out)
+
+
+def class_ranking(num_classes: int, seed: int) -> np.ndarray:
+    """Classes from the most to the least frequent of the long-tail profile (seeded)."""
+    return seeded_permutation(num_classes, seed, 3)
+
+
+def long_tail_indices(
+    indices: np.ndarray, labels: np.ndarray, num_classes: int, ratio: float, seed: int
+) -> np.ndarray:
+    """A seeded exponential long-tail subset of ``indices`` (see the module doc), sorted."""
+    by_class = [indices[labels[indices] == c] for c in range(num_classes)]
+    present = [len(b) for b in by_class if len(b)]
+    n_max = min(present) if present else 0
+    keep = []
+    for rank, c in enumerate(class_ranking(num_classes, seed)):
+        items = by_class[int(c)]
+        n = round(n_max * ratio ** (-rank / max(1, num_classes - 1)))
+        n = min(len(items), max(1, n)) if len(items) else 0
+        keep.append(items[seeded_permutation(len(items), seed, 4 + int(c))[:n]])
+    return np.sort(np.concatenate(keep)) if keep else indices[:0]
+
+
 def channel_stats(values: Sequence[float], in_chans: int, what: str) -> tuple[float, ...]:
     """Adapt a mean/std tuple to ``in_chans`` channels (3 -> 1 averages, 1 -> n repeats)."""
     values = tuple(float(v) for v in values)
@@ -125,8 +171,19 @@ class MRLDataModule(pl.LightningDataModule):
         subset: int | None = None,
         test_subset: int | None = None,
         pin_memory: bool = False,
+        train_classes: Sequence[int] | None = None,
+        imbalance_ratio: float | None = None,
     ) -> None:
         super().__init__()
+        self.train_classes = _check_classes(train_classes)
+        if imbalance_ratio is not None and (
+            not is_number(imbalance_ratio) or not 1 < float(imbalance_ratio) < math.inf
+        ):
+            raise MRLError(
+                f"imbalance_ratio={imbalance_ratio!r} is invalid; use a number > 1 (e.g. 10 or "
+                "100: largest / smallest class) or null for the balanced set"
+            )
+        self.imbalance_ratio = None if imbalance_ratio is None else float(imbalance_ratio)
         self.batch_size = check_int("batch_size", batch_size, 1)
         eval_bs = check_int("eval_batch_size", eval_batch_size, 1, allow_none=True)
         self.eval_batch_size = self.batch_size if eval_bs is None else eval_bs
@@ -256,6 +313,42 @@ class MRLDataModule(pl.LightningDataModule):
         val = np.sort(perm[:n_val])
         train = np.sort(perm[n_val:])
         return take_subset(train, self.subset, self.seed, 1), val
+
+    def _class_split(
+        self, train: np.ndarray, val: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(train, val, train_eval)`` indices after ``train_classes`` / ``imbalance_ratio``
+        (see the module doc); without either, ``(train, val, train)``."""
+        train_eval = train
+        if self.train_classes is not None:
+            bad = [c for c in self.train_classes if c >= self.num_classes]
+            if bad:
+                raise MRLError(
+                    f"train_classes has {bad[0]}, but {self.name} has classes "
+                    f"0..{self.num_classes - 1}"
+                )
+            keep = np.asarray(self.train_classes)
+            train = train[np.isin(labels[train], keep)]
+            val = val[np.isin(labels[val], keep)]
+        if self.imbalance_ratio is not None:
+            train = long_tail_indices(
+                train, labels, self.num_classes, self.imbalance_ratio, self.seed
+            )
+            train_eval = train
+        return train, val, train_eval
+
+    def class_groups(self) -> dict[str, list[int]]:
+        """``{"head", "medium", "tail"}`` -> classes, by rank of the long-tail profile (the
+        first, middle and last third of the ranks); every class is "head" when balanced."""
+        if self.imbalance_ratio is None:
+            return {"head": list(range(self.num_classes)), "medium": [], "tail": []}
+        order = class_ranking(self.num_classes, self.seed)
+        c = self.num_classes
+        return {
+            "head": sorted(int(k) for k in order[: math.ceil(c / 3)]),
+            "medium": sorted(int(k) for k in order[math.ceil(c / 3) : c - c // 3]),
+            "tail": sorted(int(k) for k in order[c - c // 3 :]),
+        }
 
     def _test_indices(self, n_test: int) -> np.ndarray:
         return take_subset(np.arange(n_test), self.test_subset, self.seed, 2)

@@ -124,7 +124,7 @@ class CIFARDataModule(MRLDataModule):
         img_size: output size of the tensor pipeline (32 native); a data config overrides it.
         augment: random crop (padding 4) + flip on the training split (tensor pipeline).
         batch_size, eval_batch_size, num_workers, val_size, seed, subset, test_subset,
-            pin_memory: see :class:`~mrl.data.base.MRLDataModule`.
+            pin_memory, train_classes, imbalance_ratio: see :class:`~mrl.data.base.MRLDataModule`.
     """
 
     def __init__(
@@ -142,6 +142,8 @@ class CIFARDataModule(MRLDataModule):
         subset: int | None = None,
         test_subset: int | None = None,
         pin_memory: bool = False,
+        train_classes: list[int] | None = None,
+        imbalance_ratio: float | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -152,6 +154,8 @@ class CIFARDataModule(MRLDataModule):
             subset=subset,
             test_subset=test_subset,
             pin_memory=pin_memory,
+            train_classes=train_classes,
+            imbalance_ratio=imbalance_ratio,
         )
         key = str(name).lower().replace("-", "").replace("_", "")
         if key not in _SPECS:
@@ -230,6 +234,8 @@ class CIFARDataModule(MRLDataModule):
         assert self._data is not None
         train_x, train_y, test_x, test_y = self._data
         train_idx, val_idx = self._train_val_indices(len(train_x))
+        labels = train_y.numpy() if hasattr(train_y, "numpy") else np.asarray(train_y)
+        train_idx, val_idx, train_eval_idx = self._class_split(train_idx, val_idx, labels)
         test_idx = self._test_indices(len(test_x))
 
         if self.data_config is not None:
@@ -260,7 +266,7 @@ class CIFARDataModule(MRLDataModule):
             "train": make(train_x, train_y, train_idx, True),
             "val": make(train_x, train_y, val_idx, False) if len(val_idx) else None,
             "test": make(test_x, test_y, test_idx, False),
-            "train_eval": make(train_x, train_y, train_idx, False),
+            "train_eval": make(train_x, train_y, train_eval_idx, False),
         }
 
     def collate_fn(self, split: str):

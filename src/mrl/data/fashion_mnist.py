@@ -130,7 +130,7 @@ class FashionMNISTDataModule(MRLDataModule):
         download: download with torchvision when the files are missing.
         augment: random crop (padding 2) + horizontal flip on the training split.
         batch_size, eval_batch_size, num_workers, val_size, seed, subset, test_subset,
-            pin_memory: see :class:`~mrl.data.base.MRLDataModule`.
+            pin_memory, train_classes, imbalance_ratio: see :class:`~mrl.data.base.MRLDataModule`.
     """
 
     name = "fashion_mnist"
@@ -152,6 +152,8 @@ class FashionMNISTDataModule(MRLDataModule):
         subset: int | None = None,
         test_subset: int | None = None,
         pin_memory: bool = False,
+        train_classes: list[int] | None = None,
+        imbalance_ratio: float | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -162,6 +164,8 @@ class FashionMNISTDataModule(MRLDataModule):
             subset=subset,
             test_subset=test_subset,
             pin_memory=pin_memory,
+            train_classes=train_classes,
+            imbalance_ratio=imbalance_ratio,
         )
         self.root = None if root is None else Path(root).expanduser()
         if self.root is not None and self.root.exists() and not self.root.is_dir():
@@ -216,6 +220,8 @@ class FashionMNISTDataModule(MRLDataModule):
         assert self._data is not None
         train_x, train_y, test_x, test_y = self._data
         train_idx, val_idx = self._train_val_indices(len(train_x))
+        labels = train_y.numpy() if hasattr(train_y, "numpy") else np.asarray(train_y)
+        train_idx, val_idx, train_eval_idx = self._class_split(train_idx, val_idx, labels)
         test_idx = self._test_indices(len(test_x))
 
         def make(x: torch.Tensor, y: torch.Tensor, idx: np.ndarray, train: bool):
@@ -235,7 +241,7 @@ class FashionMNISTDataModule(MRLDataModule):
             "train": make(train_x, train_y, train_idx, True),
             "val": make(train_x, train_y, val_idx, False) if len(val_idx) else None,
             "test": make(test_x, test_y, test_idx, False),
-            "train_eval": make(train_x, train_y, train_idx, False),
+            "train_eval": make(train_x, train_y, train_eval_idx, False),
         }
 
     def collate_fn(self, split: str):
