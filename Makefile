@@ -47,13 +47,15 @@ train: setup ## the default experiment: python train.py
 	$(PY) train.py
 
 DATA ?= fashion_mnist
-EXPERIMENT ?= table1_$(DATA)
+PRESET ?=
+EXPERIMENT ?= table1_$(DATA)$(if $(PRESET),_$(PRESET))
+SEEDS ?= 0,1,2
 ARGS ?=
-reproduce-table1: setup ## Table 1 + Table 2 on DATA (default fashion_mnist) -> results/table{1,2}_<data>.*
-	$(PY) scripts/reproduce.py --experiment $(EXPERIMENT) --data $(DATA) $(ARGS)
+reproduce-table1: setup ## Tables 1 + 2 on DATA (fashion_mnist), SEEDS (0,1,2), PRESET (full: all data) -> results/
+	$(PY) scripts/reproduce.py --experiment $(EXPERIMENT) --data $(DATA)$(if $(PRESET),_$(PRESET)) --seeds $(SEEDS) $(ARGS)
 
 aggregate: $(STAMP) ## rebuild the tables from results/runs/$(EXPERIMENT) (no training)
-	$(PY) scripts/aggregate.py results/runs/$(EXPERIMENT) --data $(DATA) --out results
+	$(PY) scripts/aggregate.py results/runs/$(EXPERIMENT) --data $(DATA)$(if $(PRESET),_$(PRESET)) --out results
 
 clean-logs: ## remove logs/ (asks first)
 	@read -p "delete logs/ ? [y/N] " a && [ "$$a" = y ] && rm -rf logs/ || echo kept

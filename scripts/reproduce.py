@@ -1,17 +1,20 @@
 """Reproduce the paper's Table 1 and Table 2 end to end: train, evaluate, baselines, tables.
 
     python scripts/reproduce.py [--experiment table1_fashion_mnist] [--data fashion_mnist]
-                                [--out results] [-- extra Hydra overrides for every job]
+                                [--seeds 0,1,2] [--out results] [-- Hydra overrides for every job]
 
-Stages (each resumable: a finished run is reused, an unfinished one continues from its
-``last.ckpt``; a failed job is reported and its cells are left missing):
-  1. MRL and MRL-E: ``train.py -m experiment=E mrl.efficient=false,true`` (one Hydra multirun)
+Stages, each run for every seed (each resumable: a finished run is reused, an unfinished one
+continues from its ``last.ckpt``; a failed job is reported and its cells are marked failed):
+  1. MRL and MRL-E: ``train.py -m experiment=E mrl.efficient=false,true seed=...``
   2. FF-k for every k of the nesting list: ``train.py -m experiment=E method=ff mrl.ff_dim=...``
-  3. Slim. Net: ``train.py -m experiment=E objective=slimmable`` (a width-slimmable ResNet,
-     switchable BN, sandwich rule; the same trainer, checkpoints and resume)
-  4. baselines from FF-max: SVD and Rand. LP (Table 1), FF+SVD and Rand. FS (Table 2)
-  5. aggregation into ``<out>/table{1,2}_<data>.{md,csv,png}`` (scripts/aggregate.py)
-Run dirs live in ``<out>/runs/<experiment>/``.
+  3. Slim. Net: ``train.py -m experiment=E objective=slimmable`` (the slimmable version of the
+     experiment's ResNet; the same trainer, checkpoints and resume)
+  4. baselines from each seed's FF-max: SVD and Rand. LP (Table 1), FF+SVD (Table 2); Rand. LP
+     trains for the networks' epochs at their batch size
+  5. tables ``<out>/table{1,2}_<data>.{md,csv,png}``: mean ± std over the seeds, the raw
+     per-seed values in the CSV, and the paper's claims judged against that spread
+Run dirs live in ``<out>/runs/<experiment>/``. The exit status is 1 when any stage failed
+(the tables are still written, the failed cells marked).
 """
 
 from __future__ import annotations
@@ -64,10 +67,13 @@ def train_sweep(name: str, sweep_dir: Path, experiment: str, args: list[str]) ->
     return rc
 
 
-def ff_max_run(ff_dir: Path) -> Path | None:
+def ff_max_run(ff_dir: Path, seed: int) -> Path | None:
+    """The completed FF run with the largest k for ``seed``."""
     best = None
     for info_file in ff_dir.glob("*/run.json"):
         info = json.loads(info_file.read_text())
+        if info.get("seed", 0) != seed:
+            continue
         if info.get("status") == "completed" and str(info.get("method", "")).startswith("FF-"):
             k = int(info["method"].split("-")[1])
             if best is None or k > best[0]:
@@ -75,8 +81,10 @@ def ff_max_run(ff_dir: Path) -> Path | None:
     return best[1] if best else None
 
 
-def baselines(run_dir: Path, ff_dir: Path, dims: list[int]) -> bool:
-    """SVD and Rand. LP (Table 1), FF+SVD (Table 2) from FF-max's classifier and embeddings.
+def baselines(run_dir: Path, ff_dir: Path, dims: list[int], seed: int, budget: dict) -> bool:
+    """SVD and Rand. LP (Table 1), FF+SVD (Table 2) from ``seed``'s FF-max classifier and
+    embeddings; Rand. LP's probe trains for ``budget["epochs"]`` at ``budget["batch_size"]``
+    (the networks' budget).
 
     Returns False (and records ``status: failed`` in ``run.json``) when they cannot be computed.
     """
@@ -93,8 +101,10 @@ def baselines(run_dir: Path, ff_dir: Path, dims: list[int]) -> bool:
         return True
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with run_record(run.record, task="baselines", method="baselines", dims=dims) as info:
-            src = ff_max_run(ff_dir)
+        with run_record(
+            run.record, task="baselines", method="baselines", dims=dims, seed=seed
+        ) as info:
+            src = ff_max_run(ff_dir, seed)
             if src is None:
                 raise RuntimeError(f"no completed FF run under {ff_dir}: baselines need FF-max")
             module = load_module(RunDir(src).last_ckpt)
@@ -112,14 +122,14 @@ def baselines(run_dir: Path, ff_dir: Path, dims: list[int]) -> bool:
             for k, v in svd_top1(w, b, qx, qy, dims).items():
                 if v is not None:
                     m[f"svd/top1@d{k}"] = v
-            for k, v in rand_lp(tx, ty, qx, qy, dims, n_cls, seed=0).items():
+            for k, v in rand_lp(tx, ty, qx, qy, dims, n_cls, seed=seed, **budget).items():
                 if v is not None:
                     m[f"rand_lp/top1@d{k}"] = v
             for k, v in ff_svd_1nn(tx, ty, qx, qy, dims).items():
                 if v is not None:
                     m[f"ff_svd/knn_top1@d{k}"] = v
             update_metrics_json(run.metrics, m)
-            info.update(source=str(src), svd_rank_limit=int(min(w.shape)))
+            info.update(source=str(src), svd_rank_limit=int(min(w.shape)), rand_lp=budget)
             print(f"== baselines from {src.name}: {len(m)} cells in {time.time() - t:.0f}s")
     except Exception as e:  # noqa: BLE001 - reported and counted; the tables are still written
         print(f"== baselines failed: {e}", flush=True)
@@ -132,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", default="table1_fashion_mnist")
     p.add_argument("--data", default="fashion_mnist", help="name used in the result files")
     p.add_argument("--out", default="results")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--skip", nargs="*", default=[], choices=["mrl", "ff", "slim", "baselines"])
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every training job")
     a = p.parse_args(argv)
@@ -139,40 +150,44 @@ def main(argv: list[str] | None = None) -> int:
     from mrl.core.dims import parse_dims
     from mrl.results import write_tables
 
+    try:
+        seeds = [int(x) for x in a.seeds.split(",")]
+        if not seeds or any(x < 0 for x in seeds) or len(set(seeds)) != len(seeds):
+            raise ValueError
+    except ValueError:
+        print(
+            f"error: --seeds={a.seeds!r}: give distinct integers >= 0, e.g. 0,1,2", file=sys.stderr
+        )
+        return 2
     t0 = time.time()
     out = (ROOT / a.out) if not Path(a.out).is_absolute() else Path(a.out)
     runs = out / "runs" / a.experiment
     cfg = compose(a.experiment, runs / "probe", a.overrides)
     dims = parse_dims(list(cfg.mrl.dims) if not isinstance(cfg.mrl.dims, str) else cfg.mrl.dims)
-    print(f"Reproducing Table 1/2 ({a.experiment}): dims {dims}; runs in {runs}")
+    print(f"Reproducing Table 1/2 ({a.experiment}): dims {dims}, seeds {seeds}; runs in {runs}")
+    seed_arg = "seed=" + ",".join(map(str, seeds))
     failures = []
-    if "mrl" not in a.skip:
-        rc = train_sweep(
-            "MRL, MRL-E", runs / "mrl", a.experiment, ["mrl.efficient=false,true", *a.overrides]
-        )
-        failures += ["MRL/MRL-E"] * (rc != 0)
-    if "ff" not in a.skip:
-        rc = train_sweep(
-            "FF-k",
-            runs / "ff",
-            a.experiment,
-            ["method=ff", "mrl.ff_dim=" + ",".join(map(str, dims)), *a.overrides],
-        )
-        failures += ["FF"] * (rc != 0)
-    if "slim" not in a.skip:
-        rc = train_sweep(
-            "Slim. Net", runs / "slim", a.experiment, ["objective=slimmable", *a.overrides]
-        )
-        failures += ["Slim. Net"] * (rc != 0)
-    if "baselines" not in a.skip and not baselines(runs / "baselines", runs / "ff", dims):
-        failures.append("baselines")
+    stages = {
+        "mrl": ("MRL, MRL-E", "mrl", ["mrl.efficient=false,true"]),
+        "ff": ("FF-k", "ff", ["method=ff", "mrl.ff_dim=" + ",".join(map(str, dims))]),
+        "slim": ("Slim. Net", "slim", ["objective=slimmable"]),
+    }
+    for key, (name, folder, args) in stages.items():
+        if key not in a.skip:
+            rc = train_sweep(name, runs / folder, a.experiment, [*args, seed_arg, *a.overrides])
+            failures += [name] * (rc != 0)
+    if "baselines" not in a.skip:
+        budget = {"epochs": int(cfg.trainer.max_epochs), "batch_size": int(cfg.data.batch_size)}
+        for seed in seeds:
+            if not baselines(runs / "baselines" / f"seed{seed}", runs / "ff", dims, seed, budget):
+                failures.append(f"baselines (seed {seed})")
     header = (
         f"Experiment `{a.experiment}` (conf/experiment/{a.experiment}.yaml): model "
         f"{cfg.model.name} channels={list(cfg.model.get('channels') or [])}, dims {dims}, "
-        f"{cfg.trainer.max_epochs} epochs, data {a.data} subset={cfg.data.get('subset')}, "
-        f"seed {cfg.seed}. Wall-clock {time.time() - t0:.0f} s."
+        f"{cfg.trainer.max_epochs} epochs, batch {cfg.data.batch_size}, data {a.data} "
+        f"subset={cfg.data.get('subset')}, seeds {seeds}. Wall-clock {time.time() - t0:.0f} s."
     )
-    files = write_tables([runs], out, a.data, dims, header=header)
+    files = write_tables([runs], out, a.data, dims, header=header, failed_stages=failures)
     for name, path in files.items():
         if name.endswith(".md"):
             print("\n" + path.read_text())

@@ -362,12 +362,9 @@ def test_slimmable_runs_through_the_shared_trainer_and_resumes(tmp_path, monkeyp
     train(compose_cfg("train", tmp_path / "a", *args))
     a = _json(tmp_path / "a" / "metrics.json")
     run = _json(tmp_path / "a" / "run.json")
-    assert run["method"] == "Slim. Net" and run["dims"] == [
-        32,
-        64,
-        96,
-        128,
-    ]  # 8 x base width at 25..100%
+    # read at every prefix of the 128-d full width (mrl.dims=auto), plus each width whole
+    assert run["method"] == "Slim. Net" and run["dims"] == [8, 16, 32, 64, 128]
+    assert {f"test/subnet_top1@d{m}" for m in (32, 64, 96, 128)} <= set(a)  # 8 x base width
     assert {f"test/top1@d{m}" for m in run["dims"]} <= set(a)
     assert isinstance(
         build_trainer(compose_cfg("train", tmp_path / "t", *args), [], []).strategy.checkpoint_io,

@@ -57,6 +57,39 @@ def test_imagenet_experiment_fast_dev_run(fake_imagenet, tmp_path):
     assert "test/top1@d2048" in metrics
 
 
+def test_imagenet_slim_net_is_a_slimmable_resnet50(fake_imagenet, tmp_path):
+    """Slim. Net follows model=: the paper's setting gives bottlenecks and width 2048, read
+    at every prefix 8..2048 (the paper's protocol) plus each width whole."""
+    from mrl.objectives.slimmable import SlimmableLitModule
+    from mrl.tasks.train import train
+
+    cfg = compose_cfg(
+        "train",
+        tmp_path / "r",
+        "experiment=table1_imagenet",
+        "objective=slimmable",
+        f"data.root={fake_imagenet}",
+        "debug=fast_dev_run",
+        *CPU,
+    )
+    metrics = train(cfg)
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["method"] == "Slim. Net"
+    assert {f"test/top1@d{m}" for m in (8, 16, 32, 64, 128, 256, 512, 1024, 2048)} <= set(metrics)
+    assert {f"test/subnet_top1@d{m}" for m in (512, 1024, 1536, 2048)} <= set(metrics)
+    module = SlimmableLitModule(3, 3, 64, **{k: v for k, v in _slim_kwargs(cfg).items()})
+    assert module.net.block == "bottleneck" and module.net.num_features == 2048
+    assert [len(s) for s in module.net.stages] == [3, 4, 6, 3]
+    assert sum(p.numel() for p in module.net.parameters()) > 20e6  # ResNet-50 (23.5M), not -18 (11M)
+
+
+def _slim_kwargs(cfg):
+    from omegaconf import OmegaConf
+
+    obj = OmegaConf.to_container(cfg.objective, resolve=True)
+    return {k: v for k, v in obj.items() if not k.startswith("_") and k != "optim"}
+
+
 def test_slurm_launcher_composes(tmp_path):
     from hydra import compose, initialize_config_dir
 
@@ -99,6 +132,8 @@ def test_reproduce_pipeline_on_fake_imagenet(fake_imagenet, tmp_path):
         "imagenet",
         "--out",
         str(tmp_path / "res"),
+        "--seeds",
+        "0",
         f"data.root={fake_imagenet}",
         *CPU,
         *limits,
@@ -110,14 +145,14 @@ def test_reproduce_pipeline_on_fake_imagenet(fake_imagenet, tmp_path):
     for meth in ("MRL", "MRL-E", "FF"):
         for m in (8, 16, 32, 64):
             assert cells[(meth, m)] is not None and 0 <= cells[(meth, m)] <= 100, (meth, m)
-    assert cells[("SVD", 8)] is None  # rank limit: 3 classes
-    assert cells[("SVD", 64)] is None
+    # 3 classes: from rank 3 on, SVD is the full-rank classifier, so every cell is FF-max's head
+    assert cells[("SVD", 8)] is not None and cells[("SVD", 8)] == cells[("SVD", 64)]
     assert cells[("Rand. LP", 8)] is not None
     # Slim. Net ran through train.py like the others (its own run dir, record and checkpoint)
     (slim,) = (tmp_path / "res" / "runs" / "table1_imagenet" / "slim").glob("[0-9]*")
     assert json.loads((slim / "run.json").read_text())["method"] == "Slim. Net"
     assert (slim / "checkpoints" / "last.ckpt").is_file()
-    assert 0 <= cells[("Slim. Net", 64)] <= 100 and cells[("Slim. Net", 8)] is None
+    assert 0 <= cells[("Slim. Net", 64)] <= 100 and 0 <= cells[("Slim. Net", 8)] <= 100
     t2 = {
         (row["method"], row["dim"]): row["top1"]
         for row in read_csv(tmp_path / "res" / "table2_imagenet.csv")
@@ -134,6 +169,8 @@ def test_reproduce_pipeline_on_fake_imagenet(fake_imagenet, tmp_path):
         "imagenet",
         "--out",
         str(tmp_path / "res"),
+        "--seeds",
+        "0",
         f"data.root={fake_imagenet}",
         *CPU,
         *limits,
@@ -141,3 +178,35 @@ def test_reproduce_pipeline_on_fake_imagenet(fake_imagenet, tmp_path):
     )
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert r2.stdout.count("already completed") + r2.stdout.count("reusing") >= 8, r2.stdout[-3000:]
+
+
+def test_failed_stage_exits_nonzero_with_tables_written(tmp_path):
+    """No network trained (all training stages skipped): the baselines stage has no FF-max,
+    fails, is counted in the exit status, and the tables are still written, cells marked."""
+    r = run_cli(
+        "scripts/reproduce.py",
+        "--out",
+        str(tmp_path / "res"),
+        "--seeds",
+        "0,1",
+        "--skip",
+        "mrl",
+        "ff",
+        "slim",
+        timeout=300,
+    )
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "failed stages" in r.stderr and "baselines (seed 0)" in r.stderr
+    md = (tmp_path / "res" / "table1_fashion_mnist.md").read_text()
+    assert "Not completed" in md and "baselines (seed 1)" in md
+    rows = read_csv(tmp_path / "res" / "table1_fashion_mnist.csv")
+    assert rows and all(row["top1"] is None for row in rows)
+    rec = json.loads(
+        (
+            tmp_path / "res" / "runs" / "table1_fashion_mnist" / "baselines" / "seed1" / "run.json"
+        ).read_text()
+    )
+    assert rec["status"] == "failed" and rec["seed"] == 1
+    assert "| 8 | failed | failed |" in md  # Rand. LP and SVD come from the failed baselines
+    r = run_cli("scripts/reproduce.py", "--seeds", "0,x", "--out", str(tmp_path / "r2"))
+    assert r.returncode == 2 and "--seeds='0,x'" in r.stderr

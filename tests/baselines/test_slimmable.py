@@ -226,7 +226,10 @@ def test_fast_dev_run_logs_mrl_metric_names(tmp_path):
     assert {f"val/top1@d{s}" for s in module.dims} | {"val/top1"} <= logged
     metrics = trainer.test(module, dm, verbose=False)[0]
     expected = {f"test/top{k}@d{s}" for k in (1, 5) for s in module.dims} | {"test/top1"}
+    expected |= {f"test/subnet_top1@d{s}" for s in module.subnet_sizes}
     assert set(metrics) == expected
+    # the full width read whole is the same number under both names
+    assert metrics["test/subnet_top1@d64"] == metrics["test/top1@d64"]
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     # the checkpoint's hyper-parameters rebuild the same network
     ckpt = tmp_path / "slim.ckpt"
@@ -258,3 +261,41 @@ def test_short_fit_beats_chance_at_full_width():
     assert acc[128] is None
     assert acc[64] == pytest.approx(metrics["test/top1@d64"], abs=1e-6)
     assert np.isfinite([acc[s] for s in (16, 32, 48)]).all()
+
+
+def test_prefix_reads_are_the_full_network_sliced():
+    """The paper's protocol: prefix m = the full-width representation cut to m, classified
+    by the full-width classifier's first m columns (one matmul written here by hand)."""
+    torch.manual_seed(0)
+    module = SlimmableLitModule(10, 1, 28, base_width=8, dims=[4, 8, 16, 32, 64]).eval()
+    assert module.dims == [4, 8, 16, 32, 64] and module.subnet_sizes == [16, 32, 48, 64]
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        out = module(x)
+        z = module.net.set_width(1.0).embed(x).numpy().astype("float64")
+        w = module.net.fc.weight.numpy().astype("float64")
+        b = module.net.fc.bias.numpy().astype("float64")
+        for m in module.dims:
+            ref = z[:, :m] @ w[:, :m].T + b
+            np.testing.assert_allclose(out[m].numpy(), ref, rtol=1e-4, atol=1e-4)
+        # a prefix is not a sub-network: the 16-d width has its own channels and BN
+        sub = module.subnets(x)
+        assert not torch.allclose(sub[16], out[16])
+        torch.testing.assert_close(sub[64], out[64])
+    # the full width is always read, even when the nesting list stops short of it
+    assert SlimmableLitModule(10, 1, 28, base_width=8, dims=[8, 32]).dims == [8, 32, 64]
+
+
+@pytest.mark.parametrize(
+    ("arch", "block", "width"), [("resnet18", "basic", 512), ("resnet50", "bottleneck", 2048)]
+)
+def test_arch_follows_the_timm_name(arch, block, width):
+    module = SlimmableLitModule(10, 3, 64, arch=arch, stem_width=64, dims="auto")
+    assert module.net.block == block and module.net.num_features == width
+    assert module.subnet_sizes == [width // 4, width // 2, 3 * width // 4, width]
+    plain = timm.create_model(arch, num_classes=10)
+    assert [len(s) for s in module.net.stages] == [
+        len(getattr(plain, f"layer{i}")) for i in (1, 2, 3, 4)
+    ]
+    with pytest.raises(MRLError, match="has no slimmable version"):
+        SlimmableLitModule(10, 3, 64, arch="vit_small_patch16_224")

@@ -47,7 +47,9 @@ def test_svd_full_rank_equals_ff_max_exactly(fmnist_pixels, ff_classifier):
         torch.from_numpy(test_x), torch.from_numpy(w), torch.from_numpy(b)
     )
     assert float((logits.argmax(1).numpy() == test_y).mean()) == ff
-    assert acc[16] is None and acc[784] is None
+    # beyond rank min(C, d) = 10 the classifier is W itself (the official code's convention)
+    assert acc[16] == ff and acc[784] == ff
+    assert svd_top1(w, b, test_x, test_y, [8, 785])[785] is None  # wider than d: missing
     assert all(0.0 <= acc[k] <= 1.0 for k in (1, 2, 4, 8, 10))
     assert acc[1] < acc[4] < acc[10]  # accuracy grows with rank
     assert acc[1] > 0.1 or acc[2] > 0.15

@@ -12,11 +12,12 @@ Frobenius and spectral norms, Eckart-Young):
 * the classifier on it is ``W_k = U_k S_k`` (``C x k``), with FF-max's full bias ``b``:
   ``logits_k = U_k S_k (V_k^T z) + b``.
 
-Rank limit: ``k <= min(C, d)``. Larger k is reported as ``None`` (the paper's '-': with
-1000 classes the 2048 column is empty), never as a made-up number. At ``k = min(C, d)``
-the factorisation reproduces ``W`` and the accuracy equals FF-max's
-(:func:`ff_top1`); both are computed in float64 so that float rounding cannot flip an
-argmax between the two.
+Rank limit: ``W`` has rank at most ``r = min(C, d)``. At ``k = r`` the factorisation
+reproduces ``W`` and the accuracy equals FF-max's (:func:`ff_top1`; both computed in float64
+so that float rounding cannot flip an argmax between the two). A size ``r < k <= d`` has no
+further singular direction to add: as in the official code (which evaluates ranks up to 1024
+with 1000 classes), it is the full-rank classifier ``W`` itself, and the tables mark it as
+such. Only ``k > d`` (wider than the representation) is ``None``.
 
 Table 2, "FF+SVD" (1-NN)
 ------------------------
@@ -159,14 +160,15 @@ def svd_top1(
         ranks: representation sizes ``k``.
 
     Returns:
-        ``{k: accuracy in [0, 1]}``; ``None`` for ``k > min(C, d)``. The argmax is taken
-        on float64 logits; at ``k = min(C, d)`` this equals :func:`ff_top1` exactly.
+        ``{k: accuracy in [0, 1]}``: for ``min(C, d) <= k <= d`` the full-rank classifier's
+        (equal to :func:`ff_top1` exactly: float64 logits); ``None`` for ``k > d``.
     """
     w, b = _weight_and_bias(weight, bias)
     x, y = _features_labels(features, labels, w.shape[1])
     ranks = as_sizes(ranks, "ranks")
     u, s, vt = _classifier_svd(w)
-    ok, too_big = split_sizes(ranks, len(s))
+    within, too_big = split_sizes(ranks, w.shape[1])
+    ok, full_rank = split_sizes(within, len(s))
     out: dict[int, float | None] = {}
     if ok:
         top = ok[-1]
@@ -179,6 +181,9 @@ def svd_top1(
                 logits = proj[:, :k] @ (u[:, :k] * s[:k]).T + b
                 correct[k] += int((logits.argmax(1) == yb).sum())
         out = {k: correct[k] / len(x) for k in ok}
+    if full_rank:
+        acc = ff_top1(w, b, x, y)
+        out.update(dict.fromkeys(full_rank, acc))
     return {**out, **missing(too_big)}
 
 

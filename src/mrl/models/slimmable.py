@@ -7,11 +7,13 @@ Networks") with widths 25/50/75/100%: one set of weights executable at several w
 where a layer at width multiplier ``w`` uses the *first* ``round(w * channels)`` channels
 of its full weight, and every width has its own BatchNorm (switchable BN, since the
 feature statistics differ per width). For a ResNet the pooled representation at width
-``w`` has ``round(w * 8 * base_width)`` dims (ResNet-50: 2048 x {0.25, 0.5, 0.75, 1} =
-512, 1024, 1536, 2048; ResNet-18 with BasicBlocks: 512 x {...} = 128, 256, 384, 512).
+``w`` has ``round(w * 8 * base_width)`` dims, times 4 with bottlenecks (ResNet-50:
+2048 x {0.25, 0.5, 0.75, 1} = 512, 1024, 1536, 2048; ResNet-18 with BasicBlocks: 512 x
+{...} = 128, 256, 384, 512).
 
 Architecture: the torchvision/timm ResNet with BasicBlocks (``layers=(2, 2, 2, 2)`` is
-ResNet-18): stem conv (7x7 stride 2, or 3x3 stride 1 with ``small_input_stem`` for 28-32 px
+ResNet-18) or Bottlenecks (``(3, 4, 6, 3)`` is ResNet-50; :data:`RESNET_ARCHS` maps timm
+names to both): stem conv (7x7 stride 2, or 3x3 stride 1 with ``small_input_stem`` for 28-32 px
 images, as :class:`mrl.models.Backbone` does), BN, ReLU, 3x3 max-pool, four stages of
 ``base_width * (1, 2, 4, 8)`` channels, global average pool, linear classifier. The input
 channels of the stem and the classes of the classifier are never slimmed. At full width
@@ -200,15 +202,82 @@ class SlimmableBasicBlock(nn.Module):
         return self.act2(out + shortcut)
 
 
+class SlimmableBottleneck(nn.Module):
+    """ResNet Bottleneck (1x1 reduce, 3x3, 1x1 expand x4, + shortcut) from slimmable layers.
+
+    Parameter names match timm's ``Bottleneck`` (``conv1..3, bn1..3, downsample``); the
+    stride sits on the 3x3 convolution (ResNet v1.5, as timm and torchvision).
+    """
+
+    expansion = 4
+
+    def __init__(self, inplanes: Sequence[int], planes: Sequence[int], stride: int = 1) -> None:
+        super().__init__()
+        outplanes = [p * self.expansion for p in planes]
+        self.conv1 = SlimmableConv2d(inplanes, planes, 1)
+        self.bn1 = SwitchableBatchNorm2d(planes)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = SlimmableConv2d(planes, planes, 3, stride=stride, padding=1)
+        self.bn2 = SwitchableBatchNorm2d(planes)
+        self.act2 = nn.ReLU(inplace=True)
+        self.conv3 = SlimmableConv2d(planes, outplanes, 1)
+        self.bn3 = SwitchableBatchNorm2d(outplanes)
+        self.act3 = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or inplanes[-1] != outplanes[-1]:
+            self.downsample = nn.Sequential(
+                SlimmableConv2d(inplanes, outplanes, 1, stride=stride),
+                SwitchableBatchNorm2d(outplanes),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.act3(out + shortcut)
+
+
+BLOCKS: dict[str, type[nn.Module]] = {
+    "basic": SlimmableBasicBlock,
+    "bottleneck": SlimmableBottleneck,
+}
+
+#: timm ResNet names -> (block, blocks per stage): what ``objective=slimmable`` builds for
+#: ``model=<name>`` (the paper's Slim. Net is the slimmable ResNet-50).
+RESNET_ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+def resnet_arch(name: str) -> tuple[str, tuple[int, ...]]:
+    """``(block, layers)`` of a timm ResNet name (MRLError naming the supported ones)."""
+    if name not in RESNET_ARCHS:
+        raise MRLError(
+            f"model.name={name!r} has no slimmable version; objective=slimmable supports "
+            f"{list(RESNET_ARCHS)}"
+        )
+    return RESNET_ARCHS[name]
+
+
 # --------------------------------------------------------------------------- network
 class SlimmableResNet(nn.Module):
-    """A width-slimmable ResNet with BasicBlocks and switchable BatchNorm.
+    """A width-slimmable ResNet (BasicBlocks or Bottlenecks) with switchable BatchNorm.
 
     Args:
-        layers: blocks per stage (``(2, 2, 2, 2)`` = ResNet-18, ``(3, 4, 6, 3)`` = ResNet-34).
+        layers: blocks per stage (``(2, 2, 2, 2)`` = ResNet-18, ``(3, 4, 6, 3)`` = ResNet-34
+            with ``block="basic"``, ResNet-50 with ``block="bottleneck"``).
         base_width: channels of the stem and the first stage; stage ``i`` has
-            ``base_width * 2**i`` (the full representation: ``base_width * 2**(len(layers)-1)``,
-            512 for ResNet-18).
+            ``base_width * 2**i`` planes, times 4 at the output of a bottleneck (the full
+            representation: 512 for ResNet-18, 2048 for ResNet-50).
+        block: ``"basic"`` or ``"bottleneck"`` (see :data:`RESNET_ARCHS`).
+        stem_width: channels of the stem convolution at full width; None: ``base_width``.
+            (timm's plain ResNet stem is 64 wide whatever ``channels`` says:
+            ``objective=slimmable`` passes 64 so that the two networks match.)
         in_chans: image channels (never slimmed).
         num_classes: classifier outputs (never slimmed).
         width_mults: width multipliers, each in (0, 1], including 1.0.
@@ -227,8 +296,15 @@ class SlimmableResNet(nn.Module):
         num_classes: int = 10,
         width_mults: Sequence[float] = WIDTH_MULTS,
         small_input_stem: bool = True,
+        block: str = "basic",
+        stem_width: int | None = None,
     ) -> None:
         super().__init__()
+        if block not in BLOCKS:
+            raise MRLError(f"block={block!r} is not one of {list(BLOCKS)}")
+        self.block = block
+        block_cls = BLOCKS[block]
+        expansion = block_cls.expansion
         if isinstance(layers, (int, str)) or not layers:
             raise MRLError(f"layers={layers!r} must be a list of block counts, e.g. [2, 2, 2, 2]")
         self.layers_cfg = tuple(positive_int(n, "layers[i]") for n in layers)
@@ -240,14 +316,18 @@ class SlimmableResNet(nn.Module):
         mults = self.width_mults
         stage_channels = [self.base_width * 2**i for i in range(len(self.layers_cfg))]
         self.stage_channels = {m: [scaled_channels(c, m) for c in stage_channels] for m in mults}
-        sizes = [self.stage_channels[m][-1] for m in mults]
+        self.stage_outputs = {
+            m: [c * expansion for c in chans] for m, chans in self.stage_channels.items()
+        }
+        sizes = [self.stage_outputs[m][-1] for m in mults]
         if len(set(sizes)) != len(sizes):
             raise MRLError(
                 f"width_mults={list(mults)} with base_width={base_width} give repeated "
                 f"representation sizes {sizes}; use fewer widths or a larger base_width"
             )
 
-        stem = [scaled_channels(self.base_width, m) for m in mults]
+        self.stem_width = positive_int(stem_width or self.base_width, "stem_width")
+        stem = [scaled_channels(self.stem_width, m) for m in mults]
         if self.small_input_stem:
             self.conv1 = SlimmableConv2d([self.in_chans] * len(mults), stem, 3, 1, 1)
         else:
@@ -261,8 +341,8 @@ class SlimmableResNet(nn.Module):
             blocks = []
             for j in range(n_blocks):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(SlimmableBasicBlock(inplanes, planes, stride))
-                inplanes = planes
+                blocks.append(block_cls(inplanes, planes, stride))
+                inplanes = [p * expansion for p in planes]
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.fc = SlimmableLinear(sizes, [self.num_classes] * len(mults))
@@ -278,8 +358,9 @@ class SlimmableResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for m in self.modules():  # timm's zero_init_last: each residual branch starts at 0
-            if isinstance(m, SlimmableBasicBlock):
-                for bn in m.bn2.bn:
+            if isinstance(m, SlimmableBasicBlock | SlimmableBottleneck):
+                last = m.bn2 if isinstance(m, SlimmableBasicBlock) else m.bn3
+                for bn in last.bn:
                     nn.init.zeros_(bn.weight)
 
     @property
@@ -306,7 +387,7 @@ class SlimmableResNet(nn.Module):
 
     def representation_sizes(self) -> dict[float, int]:
         """``{mult: size of embed(x) at that width}``, e.g. ResNet-18: {0.25: 128, ..., 1.0: 512}."""
-        return {m: self.stage_channels[m][-1] for m in self.width_mults}
+        return {m: self.stage_outputs[m][-1] for m in self.width_mults}
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -316,7 +397,7 @@ class SlimmableResNet(nn.Module):
         return x
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features at the current width: ``(B, round(mult * 8 * base_width))``."""
+        """Pooled features at the current width: ``(B, representation_sizes()[mult])``."""
         return self.global_pool(self.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -350,12 +431,13 @@ class SlimmableResNet(nn.Module):
 
     def to_timm(self, mult: float = 1.0) -> nn.Module:
         """A standalone ``timm.models.resnet.ResNet`` equal to this network at width ``mult``."""
-        from timm.models.resnet import BasicBlock, ResNet
+        from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
+        block = BasicBlock if self.block == "basic" else Bottleneck
         chans = self.stage_channels[self.width_mults[self.width_index(mult)]]
-        stem = scaled_channels(self.base_width, mult)
+        stem = scaled_channels(self.stem_width, mult)
         net = ResNet(
-            BasicBlock,
+            block,
             list(self.layers_cfg),
             num_classes=self.num_classes,
             in_chans=self.in_chans,
@@ -366,11 +448,10 @@ class SlimmableResNet(nn.Module):
         net.conv1 = nn.Conv2d(self.in_chans, stem, kernel, stride, pad, bias=False)
         net.bn1 = nn.BatchNorm2d(stem)
         if stem != 64:
+            out = chans[0] * block.expansion
             down = None
-            if stem != chans[0]:
-                down = nn.Sequential(
-                    nn.Conv2d(stem, chans[0], 1, bias=False), nn.BatchNorm2d(chans[0])
-                )
-            net.layer1[0] = BasicBlock(stem, chans[0], downsample=down)
+            if stem != out:
+                down = nn.Sequential(nn.Conv2d(stem, out, 1, bias=False), nn.BatchNorm2d(out))
+            net.layer1[0] = block(stem, chans[0], downsample=down)
         net.load_state_dict(self.plain_state_dict(mult))
         return net

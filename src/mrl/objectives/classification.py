@@ -69,6 +69,8 @@ class MRLLitModule(NestedClassifierSteps, NestedObjective):
             ``no_decay_norm_bias`` (paper: no weight decay on BatchNorm), ``warmup_epochs``
             (per-step linear warm-up) and ``schedule`` (linear decay to 0 as the paper,
             cosine, or constant).
+        channels_last: keep conv weights channels-last while fitting and testing (faster on
+            x86 CPUs; see :class:`~mrl.objectives.nested.NestedObjective`).
     """
 
     def __init__(
@@ -83,9 +85,11 @@ class MRLLitModule(NestedClassifierSteps, NestedObjective):
         weights: list[float] | None = None,
         label_smoothing: float = 0.1,
         optim: dict[str, Any] | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.channels_last = bool(channels_last)
         model = dict(model)
         name = model.pop("name", None)
         stem = model.pop("small_input_stem", "auto")
