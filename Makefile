@@ -7,7 +7,8 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test test-readme test-fast lint format reproduce-table1 train aggregate clean-logs
+.PHONY: help setup data test test-readme test-fast lint format reproduce-table1 reproduce-paper \
+	reproduce-interpolation reproduce-robustness reproduce-novel reproduce-longtail train aggregate clean-logs
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -54,18 +55,34 @@ ARGS ?=
 reproduce-table1: setup ## Tables 1 + 2 on DATA (fashion_mnist), SEEDS (0,1,2), PRESET (full: all data) -> results/
 	$(PY) scripts/reproduce.py --experiment $(EXPERIMENT) --data $(DATA)$(if $(PRESET),_$(PRESET)) --seeds $(SEEDS) $(ARGS)
 
+PAPER_ARGS ?=
+reproduce-interpolation: setup ## untrained sizes 12..192 from the Table 1 runs -> results/interpolation_*
+	$(PY) scripts/reproduce_paper.py --only interpolation --seeds $(SEEDS) $(PAPER_ARGS)
+
+reproduce-robustness: setup ## Table 1 runs on a corrupted test set (5 kinds x 3 severities) -> results/robustness_*
+	$(PY) scripts/reproduce_paper.py --only robustness --seeds $(SEEDS) $(PAPER_ARGS)
+
+reproduce-novel: setup ## trained on classes 0-4, 5-way few-shot on 5-9, MRL vs FF -> results/novel_*
+	$(PY) scripts/reproduce_paper.py --only novel --seeds $(SEEDS) $(PAPER_ARGS)
+
+reproduce-longtail: setup ## long-tailed training set (ratio 100), head/medium/tail top-1 -> results/longtail_*
+	$(PY) scripts/reproduce_paper.py --only longtail --seeds $(SEEDS) $(PAPER_ARGS)
+
+reproduce-paper: reproduce-table1 ## Tables 1-2 and every experiment above, in order
+	$(PY) scripts/reproduce_paper.py --seeds $(SEEDS) $(PAPER_ARGS)
+
 aggregate: $(STAMP) ## rebuild the tables from results/runs/$(EXPERIMENT) (no training)
 	$(PY) scripts/aggregate.py results/runs/$(EXPERIMENT) --data $(DATA)$(if $(PRESET),_$(PRESET)) --out results
 
 clean-logs: ## remove logs/ (asks first)
 	@read -p "delete logs/ ? [y/N] " a && [ "$$a" = y ] && rm -rf logs/ || echo kept
 
-# ---- benchmarks (issue 5): scripts/bench.py, rows -> results/bench.json -------------------
+# ---- benchmarks (issue 5): python -m scripts.bench, rows -> results/bench.json -------------------
 .PHONY: bench bench-quick
 BENCH_ARGS ?=
 bench: setup ## every benchmark (~10-20 min): measured ratios vs targets -> results/bench.json
-	$(PY) scripts/bench.py --out results/bench.json $(BENCH_ARGS)
+	$(PY) -m scripts.bench --out results/bench.json $(BENCH_ARGS)
 
 bench-quick: setup ## smaller benchmarks (< 2 min): same rows, small sizes -> results/bench.json
-	$(PY) scripts/bench.py --quick --out results/bench.json $(BENCH_ARGS)
+	$(PY) -m scripts.bench --quick --out results/bench.json $(BENCH_ARGS)
 # ---- end benchmarks ------------------------------------------------------------------------

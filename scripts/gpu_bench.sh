@@ -34,4 +34,4 @@ mkdir -p "$OUT_DIR"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-exec timeout 470 "$PY" scripts/bench.py --gpu --gpu-budget-s 420 --out "$OUT_DIR/gpu_bench.json" "$@"
+exec timeout 470 "$PY" -m scripts.bench --gpu --gpu-budget-s 420 --out "$OUT_DIR/gpu_bench.json" "$@"

@@ -1,4 +1,4 @@
-"""scripts/bench.py runs end to end at tiny sizes and writes well-formed JSON.
+"""The benchmarks (python -m scripts.bench) run end to end at tiny sizes and writes well-formed JSON.
 
 These check the benchmark *code*, not the numbers (timings at tiny sizes mean nothing).
 """
@@ -15,10 +15,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-sys.path.insert(0, str(SCRIPTS))
+sys.path.insert(0, str(ROOT))
 
-import bench  # noqa: E402
-import bench_common  # noqa: E402
+from scripts.bench import common as bench_common  # noqa: E402
+from scripts.bench import runner as bench  # noqa: E402
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 def _run(tmp_path: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "MRL_BENCH_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench.py"), *args],
+        [sys.executable, "-m", "scripts.bench", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -159,8 +159,9 @@ def test_synthetic_is_deterministic_and_matryoshka_like():
 
 
 def test_npy_chunks_round_trip(tmp_path):
-    import bench_retrieval
     import numpy as np
+
+    from scripts.bench import retrieval as bench_retrieval
 
     s = bench_common.Synthetic(16, 3)
     path = tmp_path / "db.npy"

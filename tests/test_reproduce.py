@@ -80,7 +80,9 @@ def test_imagenet_slim_net_is_a_slimmable_resnet50(fake_imagenet, tmp_path):
     module = SlimmableLitModule(3, 3, 64, **{k: v for k, v in _slim_kwargs(cfg).items()})
     assert module.net.block == "bottleneck" and module.net.num_features == 2048
     assert [len(s) for s in module.net.stages] == [3, 4, 6, 3]
-    assert sum(p.numel() for p in module.net.parameters()) > 20e6  # ResNet-50 (23.5M), not -18 (11M)
+    assert (
+        sum(p.numel() for p in module.net.parameters()) > 20e6
+    )  # ResNet-50 (23.5M), not -18 (11M)
 
 
 def _slim_kwargs(cfg):

@@ -205,7 +205,8 @@ def test_notebook_executes_on_results(runs_root, tmp_path):
     finally:
         os.environ.pop("MRL_RESULTS")
     assert (tmp_path / "res" / "tables_fashion_mnist_notebook.png").stat().st_size > 1000
-    text = "".join(
-        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-    )
-    assert "table1" in text and "MRL-E" in text
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "Table 1" in markdown and "MRL-E" in markdown and "paper's claims" in markdown
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3  # the inline figure and the two tables' PNGs render in the notebook

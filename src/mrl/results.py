@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrl.core.validate import is_int
+
 log = logging.getLogger(__name__)
 
 #: The extra Table 1 row: each Slim. Net width read whole by its own classifier (not the
@@ -108,7 +110,7 @@ def _pct(v: Any) -> float | None:
 
 def _seed(run: Run) -> int:
     seed = run.info.get("seed", 0)
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+    return int(seed) if is_int(seed) else 0
 
 
 def _by_method(runs: Sequence[Run]) -> dict[int, dict[str, Run]]:

@@ -98,6 +98,18 @@ def take_subset(indices: np.ndarray, subset: int | None, seed: int, stream: int)
     return np.sort(picked)
 
 
+def follow_model_transforms(dm: Any, module: Any) -> None:
+    """Give ``dm`` the timm data config of ``module``'s backbone (size, mean, std, crop),
+    at the data's own channels and image size; no-op for modules without a timm backbone
+    (Slim. Net) or data without :meth:`MRLDataModule.set_data_config`."""
+    backbone = getattr(getattr(module, "net", None), "backbone", None)
+    if backbone is None or not hasattr(dm, "set_data_config"):
+        return
+    data_cfg = backbone.data_config()
+    data_cfg["input_size"] = (int(dm.in_chans), int(dm.img_size), int(dm.img_size))
+    dm.set_data_config(data_cfg)
+
+
 def _check_classes(classes: Any) -> list[int] | None:
     if classes is None:
         return None

@@ -19,6 +19,7 @@ import torch
 
 from mrl.core.errors import MRLError
 from mrl.core.validate import integer
+from mrl.data.base import follow_model_transforms
 from mrl.eval.cache import cached_embeddings
 from mrl.eval.linear import head_logits
 from mrl.eval.registry import EvalData, Evaluator, main_metric_names, run_evaluators
@@ -70,10 +71,7 @@ def match_data(module: Any, dm: Any) -> None:
             f"{getattr(dm, 'name', '')!r} has {dm.num_classes} / {dm.in_chans}; evaluate on the "
             "data it was trained on"
         )
-    if hasattr(dm, "set_data_config") and hasattr(module.net, "backbone"):
-        data_cfg = module.net.backbone.data_config()
-        data_cfg["input_size"] = (int(dm.in_chans), int(dm.img_size), int(dm.img_size))
-        dm.set_data_config(data_cfg)
+    follow_model_transforms(dm, module)  # timm's transform for the backbone
 
 
 def evaluate_arrays(

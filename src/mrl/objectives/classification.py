@@ -16,9 +16,45 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mrl.core.dims import parse_dims, parse_weights
 from mrl.core.errors import MRLError
+from mrl.core.validate import integer
 from mrl.models import Backbone, MRLModel, method_name
 from mrl.objectives.nested import MatryoshkaLoss, NestedObjective
 from mrl.objectives.optim import optim_settings
+
+
+def build_backbone(model: dict[str, Any], in_chans: int, img_size: int) -> Backbone:
+    """The backbone of a ``model`` config: its ``_target_`` (default :class:`Backbone`, any timm
+    name) called with the other keys and the data's ``in_chans`` and ``img_size``;
+    ``small_input_stem: auto`` is true for ResNets on images under 64 px. A custom class must
+    keep Backbone's contract: ``forward(x) -> (B, width)``, ``width`` and ``expand_to(d)``."""
+    from hydra.utils import instantiate
+
+    model = dict(model)
+    target = model.pop("_target_", "mrl.models.Backbone")
+    model.pop("_partial_", None)
+    stem = model.pop("small_input_stem", "auto")
+    if stem == "auto":
+        stem = img_size < 64 and "resnet" in str(model.get("name"))
+    try:
+        backbone = instantiate(
+            {"_target_": target, **model},
+            in_chans=in_chans,
+            img_size=img_size,
+            small_input_stem=bool(stem),
+        )
+    except MRLError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Hydra wraps the cause; keep one line
+        cause = e.__cause__ if isinstance(e.__cause__, MRLError) else None
+        if cause is not None:
+            raise cause from None
+        raise MRLError(f"model._target_={target!r} could not be built: {e}") from e
+    if not all(hasattr(backbone, a) for a in ("width", "expand_to")):
+        raise MRLError(
+            f"model._target_={target!r} built a {type(backbone).__name__} without the Backbone "
+            "contract (width, expand_to); subclass mrl.models.Backbone"
+        )
+    return backbone
 
 
 class NestedClassifierSteps:
@@ -58,7 +94,8 @@ class MRLLitModule(NestedClassifierSteps, NestedObjective):
     ``MRLLitModule.load_from_checkpoint(path)`` rebuilds the same network):
 
     Args:
-        model: backbone options: ``name`` (any timm name), ``pretrained``,
+        model: backbone options (:func:`build_backbone`): ``_target_`` (default
+            :class:`~mrl.models.Backbone`), ``name`` (any timm name), ``pretrained``,
             ``small_input_stem`` (true / false / "auto": true for images < 64 px with a
             ResNet stem), ``patch_size``, ``drop_path_rate``.
         num_classes, in_chans, img_size: taken from the datamodule.
@@ -90,19 +127,11 @@ class MRLLitModule(NestedClassifierSteps, NestedObjective):
         super().__init__()
         self.save_hyperparameters()
         self.channels_last = bool(channels_last)
-        model = dict(model)
-        name = model.pop("name", None)
-        stem = model.pop("small_input_stem", "auto")
-        if stem == "auto":
-            stem = img_size < 64 and "resnet" in str(name)
-        backbone = Backbone(
-            name, in_chans=in_chans, img_size=img_size, small_input_stem=bool(stem), **model
-        )
+        backbone = build_backbone(model, in_chans, img_size)
         dims_list = parse_dims(dims, backbone.width)
         if ff_dim is not None:
             ff_dim = dims_list[-1] if ff_dim in ("max", "auto") else ff_dim
-            if isinstance(ff_dim, bool) or not isinstance(ff_dim, int) or ff_dim < 1:
-                raise MRLError(f"mrl.ff_dim={ff_dim!r} must be a positive integer or 'max'")
+            ff_dim = integer(ff_dim, "mrl.ff_dim", min=1, hint="or 'max'")
             dims_list = [ff_dim]
         backbone.expand_to(dims_list[-1])
         self.net = MRLModel(backbone, dims_list, num_classes, efficient=efficient, ff_dim=ff_dim)

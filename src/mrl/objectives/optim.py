@@ -1,10 +1,15 @@
 """The optimiser and learning-rate schedule every objective uses.
 
-``optim`` is a plain dict (saved in the checkpoint's hyper-parameters): ``name`` (sgd | adamw),
-``lr``, ``momentum``, ``nesterov``, ``betas``, ``weight_decay``, ``no_decay_norm_bias`` (no
-weight decay on norm layers and biases: timm's ``param_groups_weight_decay``), ``warmup_epochs``
-(per-step linear warm-up) and ``schedule`` (after warm-up: ``linear`` decay to 0, ``cosine``
-or ``constant``). Missing keys take :data:`SGD_RECIPE`, the recipe of ``conf/optim/sgd.yaml``.
+``optim`` is a plain dict (saved in the checkpoint's hyper-parameters, so a checkpoint is read
+without unpickling code). The optimiser is a Hydra partial: ``_target_`` names any
+``torch.optim.Optimizer`` class (``torch.optim.SGD``, ``torch.optim.AdamW``, ...) and the keys
+its constructor accepts (``lr``, ``momentum``, ``nesterov``, ``betas``, ``weight_decay``, ...)
+are bound to it; it is completed with the parameter groups. The other keys describe the groups
+and the schedule: ``no_decay_norm_bias`` (no weight decay on norm layers and biases: timm's
+``param_groups_weight_decay``), ``warmup_epochs`` (per-step linear warm-up) and ``schedule``
+(after warm-up: ``linear`` decay to 0, ``cosine`` or ``constant``). Missing keys take
+:data:`SGD_RECIPE`, the recipe of ``conf/optim/sgd.yaml``. Checkpoints written before
+``_target_`` carry ``name: sgd | adamw``, read as the same classes.
 """
 
 from __future__ import annotations
@@ -19,17 +24,18 @@ from timm.optim import param_groups_weight_decay
 from mrl.core.errors import MRLError
 from mrl.core.validate import is_number
 
-OPTIMIZERS = ("sgd", "adamw")
+#: ``optim.name`` of older configs and checkpoints -> the class it meant
+OPTIMIZERS = {"sgd": "torch.optim.SGD", "adamw": "torch.optim.AdamW"}
 SCHEDULES = ("linear", "cosine", "constant")
 
 #: SGD with momentum 0.9, weight decay 5e-4 except on norm layers and biases, half an epoch of
 #: per-step linear warm-up, then linear decay to 0 (the paper's ResNet-50 schedule).
 SGD_RECIPE: dict[str, Any] = {
-    "name": "sgd",
+    "_target_": "torch.optim.SGD",
+    "_partial_": True,
     "lr": 0.1,
     "momentum": 0.9,
     "nesterov": False,
-    "betas": (0.9, 0.999),
     "weight_decay": 5e-4,
     "no_decay_norm_bias": True,
     "warmup_epochs": 0.5,
@@ -37,25 +43,57 @@ SGD_RECIPE: dict[str, Any] = {
 }
 
 
+#: keys that shape the parameter groups and the schedule, never passed to the optimiser
+SCHEDULE_KEYS = ("no_decay_norm_bias", "warmup_epochs", "schedule")
+
+
+def optimizer_class(cfg: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
+    """The ``torch.optim.Optimizer`` class named by ``cfg["_target_"]``."""
+    from hydra.utils import get_class
+
+    target = cfg.get("_target_")
+    try:
+        cls = get_class(str(target))
+    except Exception:  # noqa: BLE001 - any import failure is a bad name
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise MRLError(
+            f"optim._target_={target!r} is not a torch optimiser class; use e.g. "
+            "torch.optim.SGD, torch.optim.AdamW or torch.optim.RMSprop"
+        )
+    return cls
+
+
 def optim_settings(optim: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``optim`` over :data:`SGD_RECIPE`, checked (one-line :class:`MRLError`)."""
-    cfg = {**SGD_RECIPE, **dict(optim or {})}
-    if cfg["name"] not in OPTIMIZERS:
-        raise MRLError(f"optim.name={cfg['name']!r} is not one of {list(OPTIMIZERS)}")
+    """``optim`` over :data:`SGD_RECIPE`, checked (one-line :class:`MRLError`). The recipe's
+    SGD-only keys (momentum, nesterov) are not added when another optimiser is named."""
+    given = {k: v for k, v in dict(optim or {}).items() if v is not None or k == "name"}
+    if given.get("name") is not None and "_target_" not in given:  # older configs
+        if given["name"] not in OPTIMIZERS:
+            raise MRLError(f"optim.name={given['name']!r} is not one of {list(OPTIMIZERS)}")
+        given["_target_"] = OPTIMIZERS[given.pop("name")]
+    given.pop("name", None)
+    base = dict(SGD_RECIPE)
+    if given.get("_target_", SGD_RECIPE["_target_"]) != SGD_RECIPE["_target_"]:
+        base = {k: base[k] for k in ("_target_", "_partial_", "lr", "weight_decay", *SCHEDULE_KEYS)}
+    cfg = {**base, **given}
+    optimizer_class(cfg)
     if cfg["schedule"] not in SCHEDULES:
         raise MRLError(f"optim.schedule={cfg['schedule']!r} is not one of {list(SCHEDULES)}")
     lr = cfg["lr"]
     if not is_number(lr) or not 0 < lr < math.inf:
         raise MRLError(f"optim.lr={lr!r} must be a positive number")
     for key in ("weight_decay", "warmup_epochs", "momentum"):
-        v = cfg[key]
+        v = cfg.get(key, 0)
         if not is_number(v) or not 0 <= float(v) < math.inf:
             raise MRLError(f"optim.{key}={v!r} must be a number >= 0")
     return cfg
 
 
-def configure_optimizers(module: torch.nn.Module, cfg: Mapping[str, Any], trainer) -> dict:
-    """Lightning's ``configure_optimizers`` value: the optimiser and a per-step schedule."""
+def make_optimizer(module: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg`` (a Hydra partial) over ``module``'s parameter groups."""
+    from hydra.utils import instantiate
+
     wd = float(cfg["weight_decay"])
     if cfg["no_decay_norm_bias"]:
         groups = param_groups_weight_decay(module, weight_decay=wd)
@@ -63,13 +101,24 @@ def configure_optimizers(module: torch.nn.Module, cfg: Mapping[str, Any], traine
         groups = [
             {"params": [p for p in module.parameters() if p.requires_grad], "weight_decay": wd}
         ]
-    if cfg["name"] == "sgd":
-        momentum = float(cfg["momentum"])
-        opt = torch.optim.SGD(
-            groups, lr=cfg["lr"], momentum=momentum, nesterov=bool(cfg["nesterov"]) and momentum > 0
-        )
-    else:
-        opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+    cls = optimizer_class(cfg)
+    kwargs = {k: v for k, v in cfg.items() if k not in (*SCHEDULE_KEYS, "_target_", "_partial_")}
+    kwargs.pop("weight_decay")  # per group
+    if "momentum" in kwargs and "nesterov" in kwargs:  # torch: nesterov needs momentum > 0
+        kwargs["nesterov"] = bool(kwargs["nesterov"]) and float(kwargs["momentum"]) > 0
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    try:
+        target = f"{cls.__module__}.{cls.__qualname__}"
+        partial = instantiate({"_target_": target, "_partial_": True, **kwargs})
+        return partial(groups)
+    except TypeError as e:
+        raise MRLError(f"optim: {cls.__name__} rejected the settings {sorted(kwargs)}: {e}") from e
+
+
+def configure_optimizers(module: torch.nn.Module, cfg: Mapping[str, Any], trainer) -> dict:
+    """Lightning's ``configure_optimizers`` value: the optimiser and a per-step schedule."""
+    opt = make_optimizer(module, cfg)
     total = max(1, int(trainer.estimated_stepping_batches))
     steps_per_epoch = total / max(1, trainer.max_epochs or 1)
     warmup = int(round(float(cfg["warmup_epochs"]) * steps_per_epoch))

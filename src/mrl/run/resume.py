@@ -38,6 +38,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 
 from mrl.core.errors import MRLError
+from mrl.core.validate import integer
 from mrl.run.checkpoints import read_checkpoint
 from mrl.run.files import write_text_atomic
 from mrl.run.layout import LAST, RunDir
@@ -94,11 +95,12 @@ class LastCheckpoint(ModelCheckpoint):
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = 200) -> None:
         n = 0 if every_n_train_steps is None else every_n_train_steps
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise MRLError(
-                f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps!r} is "
-                "invalid; use an integer >= 1, or 0 / null to save at epoch ends only"
-            )
+        integer(
+            n,
+            "callbacks.last_checkpoint.every_n_train_steps",
+            min=0,
+            hint="(0 or null: save at epoch ends only)",
+        )
         super().__init__(
             dirpath=dirpath,
             filename="last",

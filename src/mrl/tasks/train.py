@@ -29,6 +29,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mrl.core.errors import MRLError, NonFiniteLossError
+from mrl.core.validate import integer
+from mrl.data.base import follow_model_transforms
 from mrl.eval.report import prefix_table
 from mrl.objectives.classification import MRLLitModule
 from mrl.run.checkpoints import AtomicCheckpointIO, remove_stale_temp_files
@@ -83,10 +85,7 @@ def build_module(cfg: DictConfig, dm: Any) -> MRLLitModule:
     module = make(
         num_classes=int(dm.num_classes), in_chans=int(dm.in_chans), img_size=int(dm.img_size)
     )
-    if hasattr(dm, "set_data_config") and hasattr(module.net, "backbone"):  # timm's transform
-        data_cfg = module.net.backbone.data_config()
-        data_cfg["input_size"] = (int(dm.in_chans), int(dm.img_size), int(dm.img_size))
-        dm.set_data_config(data_cfg)
+    follow_model_transforms(dm, module)  # timm's transform for the backbone
     return module
 
 
@@ -98,19 +97,13 @@ def validate_trainer_cfg(cfg: DictConfig) -> None:
             f"{missing[0]} is required ('???' in the config); set it, e.g. {missing[0]}=<value>"
         )
     t = cfg.trainer
-    for key in ("max_epochs",):
-        v = t.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise MRLError(f"trainer.{key}={v!r} is invalid; use an integer >= 1")
-    v = t.get("max_steps")
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1)):
-        raise MRLError(f"trainer.max_steps={v!r} is invalid; use an integer >= 1, or -1 (no limit)")
-    bs = cfg.data.get("batch_size")
-    if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
-        raise MRLError(f"data.batch_size={bs!r} is invalid; use an integer >= 1")
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise MRLError(f"seed={seed!r} is invalid; use an integer in [0, 2**32)")
+    if t.get("max_epochs") is not None:
+        integer(t.max_epochs, "trainer.max_epochs", min=1)
+    if t.get("max_steps") is not None and t.max_steps != -1:
+        integer(t.max_steps, "trainer.max_steps", min=1, hint="or -1 (no limit)")
+    if cfg.data.get("batch_size") is not None:
+        integer(cfg.data.batch_size, "data.batch_size", min=1)
+    integer(cfg.get("seed"), "seed", min=0, max=2**32 - 1)
 
 
 def build_trainer(cfg: DictConfig, loggers: list, callbacks: list) -> pl.Trainer:

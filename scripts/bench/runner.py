@@ -2,8 +2,8 @@
 
 Usage::
 
-    python scripts/bench.py [--quick | --smoke] [--only NAME ...] [--out results/bench.json]
-    python scripts/bench.py --gpu [--quick]        # GPU rows only (scripts/gpu_bench.sh)
+    python -m scripts.bench [--quick | --smoke] [--only NAME ...] [--out results/bench.json]
+    python -m scripts.bench --gpu [--quick]        # GPU rows only (scripts/gpu_bench.sh)
 
 Every row is a ratio (or a memory figure) whose sides are measured in the same run, with
 interleaved repetitions and the median, plus its target and whether it is met. The rows
@@ -46,11 +46,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+ROOT = Path(__file__).resolve().parents[2]
 
-from bench_common import THREADS_ENV, error_row  # noqa: E402
+from .common import THREADS_ENV, error_row  # noqa: E402
 
 # Sizes per scale. full: as the issue asks; quick: < 2 min on a busy 2-core machine.
 SCALES: dict[str, dict[str, dict[str, Any]]] = {
@@ -106,40 +104,40 @@ def run_group(group: str, scale: str, opts: argparse.Namespace) -> list[dict[str
     """Run one benchmark group in this process and return its rows."""
     p = dict(SCALES[scale][group])
     if group == "train_resnet18":
-        from bench_train import train_overhead
+        from .training import train_overhead
 
         return train_overhead(f"resnet18_28px_b{p['batch']}", "resnet18", 28, 1, 10, **p)
     if group == "train_resnet50":
-        from bench_train import train_overhead
+        from .training import train_overhead
 
         size, model = p.pop("img_size"), p.pop("model", "resnet50")
         return train_overhead(f"{model}_{size}px_b{p['batch']}", model, size, 3, 1000, **p)
     if group == "heads":
-        from bench_train import heads
+        from .training import heads
 
         return heads(**p)
     if group == "eval":
-        from bench_eval import eval_prefixes
+        from .evaluation import eval_prefixes
 
         return eval_prefixes(**p)
     if group == "eval_fmnist":
-        from bench_eval import eval_fmnist
+        from .evaluation import eval_fmnist
 
         return eval_fmnist(**p, ckpt=opts.fmnist_ckpt)
     if group == "adaptive_1m":
-        from bench_retrieval import adaptive_1m
+        from .retrieval import adaptive_1m
 
         return adaptive_1m(**p)
     if group == "adaptive_fmnist":
-        from bench_retrieval import adaptive_fmnist
+        from .retrieval import adaptive_fmnist
 
         return adaptive_fmnist(**p, ckpt=opts.fmnist_ckpt)
     if group == "pipeline":
-        from bench_train import pipeline
+        from .training import pipeline
 
         return pipeline(**p)
     if group == "gpu":
-        from bench_gpu import gpu_rows
+        from .gpu import gpu_rows
 
         return gpu_rows(**p, budget_s=opts.gpu_budget_s, do_compile=not opts.no_compile)
     raise ValueError(f"unknown group {group!r}")
@@ -149,11 +147,11 @@ def run_in_subprocess(group: str, scale: str, opts: argparse.Namespace) -> list[
     """``group`` in a fresh Python process (its own peak RSS); rows come back as JSON."""
     with tempfile.TemporaryDirectory(prefix="mrl-bench-") as tmp:
         out = Path(tmp) / "rows.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", group]
+        cmd = [sys.executable, "-m", "scripts.bench", "--worker", group]
         cmd += ["--scale", scale, "--worker-out", str(out)]
         if opts.fmnist_ckpt:
             cmd += ["--fmnist-ckpt", opts.fmnist_ckpt]
-        proc = subprocess.run(cmd, timeout=TIMEOUT_S.get(group, 900), check=False)
+        proc = subprocess.run(cmd, timeout=TIMEOUT_S.get(group, 900), check=False, cwd=ROOT)
         if proc.returncode != 0 or not out.is_file():
             raise RuntimeError(f"worker {group!r} exited with status {proc.returncode}")
         return json.loads(out.read_text())
@@ -234,7 +232,9 @@ def select(only: list[str] | None, gpu: bool) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m scripts.bench", description=__doc__.split("\n\n")[0]
+    )
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller sizes, under 2 minutes")
     size.add_argument(
@@ -320,7 +320,3 @@ def main(argv: list[str] | None = None) -> int:
         f"{scale} scale; rows in {out}"
     )
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Shared pieces of ``scripts/bench.py``: rows, interleaved timing, peak RSS, synthetic data.
+"""Shared pieces of the benchmarks (:mod:`scripts.bench`): rows, interleaved timing, peak RSS, synthetic data.
 
 A *row* is one measured ratio (or memory figure) with its target::
 

@@ -1,4 +1,4 @@
-"""GPU benchmark (``bench.py --gpu``, ``bash scripts/gpu_bench.sh``).
+"""GPU benchmark (``python -m scripts.bench --gpu``, ``bash scripts/gpu_bench.sh``).
 
 * Training throughput of ResNet-50 at 224 px, 1000 classes, synthetic data on the GPU,
   bf16 autocast, channels_last, SGD: images/s of MRL and MRL-E over the plain model (one
@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench_common import GB, Synthetic, interleaved, median, row
+from .common import GB, Synthetic, interleaved, median, row
 
 VARIANTS = {"ff": {"ff_dim": "max"}, "mrl": {}, "mrl_e": {"efficient": True}}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench_common import Synthetic, interleaved, median, row, set_threads
+from .common import Synthetic, interleaved, median, row, set_threads
 
 EVALUATORS = ["knn", "retrieval", "probe"]
 
@@ -29,7 +29,7 @@ def conf_evaluators(names: list[str]) -> dict:
     from mrl.eval.registry import build_evaluators
 
     register_resolvers()
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     with initialize_config_dir(str(conf), version_base="1.3"):
         cfg = compose("eval", overrides=[f"eval=[{','.join(names)}]", "ckpt_path=none"])
     return build_evaluators(cfg.eval)
@@ -124,11 +124,11 @@ def eval_fmnist(
     """
     import time
 
-    from bench_retrieval import fmnist_module
-
     from mrl.data import FashionMNISTDataModule
     from mrl.eval.cache import compute_embeddings
     from mrl.eval.pipeline import match_data
+
+    from .retrieval import fmnist_module
 
     set_threads(2)
     module, src, _ = fmnist_module(ckpt)

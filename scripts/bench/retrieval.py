@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_common import (
+
+from .common import (
     GB,
     Synthetic,
     cache_dir,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench_common import GB, interleaved, median, peak_rss_bytes, row, set_threads, spread
+from .common import GB, interleaved, median, peak_rss_bytes, row, set_threads, spread
 
 VARIANTS = {"ff": {"ff_dim": "max"}, "mrl": {}, "mrl_e": {"efficient": True}}
 TARGETS = {"mrl": 1.05, "mrl_e": 1.02}
@@ -210,7 +210,7 @@ def heads(n: int, width: int, num_classes: int, reps: int) -> list[dict[str, Any
 def pipeline(batch: int, reps: int, loader_batches: int) -> list[dict[str, Any]]:
     """Default loader batches/s over default (MRL resnet18) training steps/s; peak RSS.
 
-    Meant to run in a fresh process (``bench.py --worker pipeline``): the RSS row is then the
+    Meant to run in a fresh process (``python -m scripts.bench --worker pipeline``): the RSS row is then the
     peak of a process holding the data, the model, the optimiser and one step's activations.
     """
     import torch
