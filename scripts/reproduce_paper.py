@@ -243,6 +243,16 @@ def robustness(seeds: list[int], out: Path) -> list[dict]:
     ]
 
 
+def train_mrl_and_ff(label: str, runs_dir: Path, common: list[str]) -> list[str]:
+    """MRL and FF-k for every k of :data:`DIMS` (two Hydra multiruns); the failed ones."""
+    ff = ["method=ff", "mrl.ff_dim=" + ",".join(map(str, DIMS))]
+    failed = []
+    for name, folder, args in (("MRL", "mrl", ["mrl.efficient=false"]), ("FF-k", "ff", ff)):
+        if train_sweep(f"{label}: {name}", runs_dir / folder, EXPERIMENT, [*args, *common]):
+            failed.append(f"{label} {name}")
+    return failed
+
+
 def novel(seeds: list[int], out: Path, overrides: list[str]) -> tuple[list[dict], list[str]]:
     name = "novel_fashion_mnist"
     runs_dir = out / "runs" / name
@@ -255,12 +265,7 @@ def novel(seeds: list[int], out: Path, overrides: list[str]) -> tuple[list[dict]
         f"task_name={name}",
         *overrides,
     ]
-    failed = []
-    if train_sweep("novel: MRL", runs_dir / "mrl", EXPERIMENT, ["mrl.efficient=false", *common]):
-        failed.append("novel MRL")
-    ff = ["method=ff", "mrl.ff_dim=" + ",".join(map(str, DIMS)), *common]
-    if train_sweep("novel: FF-k", runs_dir / "ff", EXPERIMENT, ff):
-        failed.append("novel FF")
+    failed = train_mrl_and_ff("novel", runs_dir, common)
     runs = completed_runs(runs_dir)
     rows = []
     for seed in seeds:
@@ -300,14 +305,7 @@ def longtail(seeds: list[int], out: Path, overrides: list[str]) -> tuple[list[di
         f"task_name={name}",
         *overrides,
     ]
-    failed = []
-    if train_sweep(
-        "long-tail: MRL", runs_dir / "mrl", EXPERIMENT, ["mrl.efficient=false", *common]
-    ):
-        failed.append("long-tail MRL")
-    ff = ["method=ff", "mrl.ff_dim=" + ",".join(map(str, DIMS)), *common]
-    if train_sweep("long-tail: FF-k", runs_dir / "ff", EXPERIMENT, ff):
-        failed.append("long-tail FF")
+    failed = train_mrl_and_ff("long-tail", runs_dir, common)
     runs = completed_runs(runs_dir)
     images, labels = test_images()
     rows = []
@@ -335,6 +333,47 @@ def longtail(seeds: list[int], out: Path, overrides: list[str]) -> tuple[list[di
     return rows, failed
 
 
+COLUMNS = ["table", "method", "dim", "seed", "value"]
+EXPERIMENTS: dict[str, dict] = {
+    "interpolation": {
+        "run": interpolation,
+        "columns": [*COLUMNS, "trained"],
+        "title": "Interpolation: untrained sizes between trained ones",
+        "claim": "MRL's 1-NN matches or beats MRL-E's at every size, trained or not",
+        "compare": ("MRL", "MRL-E"),
+        "judged": lambda r: r["table"] == "1-NN accuracy",
+        "notes": ["Sizes 12, 24, 48, 96 and 192 were never trained (no loss term, no head)."],
+    },
+    "robustness": {
+        "run": robustness,
+        "columns": [*COLUMNS[:4], "shift", "value"],
+        "title": "Robustness: MRL vs FF on a corrupted test set",
+        "claim": "MRL is at least as robust as FF at every size",
+        "compare": ("MRL", "FF"),
+        "judged": lambda r: r["shift"] == "mean over kinds",
+        "notes": ["Severity tables: mean over the five corruption kinds; per-kind tables follow."],
+    },
+    "novel": {
+        "run": novel,
+        "columns": COLUMNS,
+        "title": "Novel-class few-shot",
+        "claim": "MRL matches or beats FF on novel classes at every size",
+        "compare": ("MRL", "FF"),
+        "judged": lambda r: True,
+        "notes": [f"Trained on classes {BASE}; episodes over the novel classes {NOVEL}."],
+    },
+    "longtail": {
+        "run": longtail,
+        "columns": COLUMNS,
+        "title": "Long-tail (FLUID-style)",
+        "claim": "MRL matches or beats FF on these classes at every size",
+        "compare": ("MRL", "FF"),
+        "judged": lambda r: True,
+        "notes": ["Training set: imbalance ratio 100, seeded exponential profile; test balanced."],
+    },
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     from mrl.claims import Claim
 
@@ -348,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the training jobs")
     a = p.parse_args(argv)
     which = a.only.split(",")
-    bad = [w for w in which if w not in ("interpolation", "robustness", "novel", "longtail")]
+    bad = [w for w in which if w not in EXPERIMENTS]
     try:
         seeds = [int(s) for s in a.seeds.split(",")]
     except ValueError:
@@ -364,98 +403,21 @@ def main(argv: list[str] | None = None) -> int:
     TEST_SUBSET = a.test_subset
     out = Path(a.out) if Path(a.out).is_absolute() else ROOT / a.out
     failures: list[str] = []
-    ge = ">="
     for exp in which:
+        spec = EXPERIMENTS[exp]
         t = time.time()
         try:
-            if exp == "interpolation":
-                rows = interpolation(seeds, out)
-                claims = {
-                    "1-NN accuracy": (
-                        Claim(
-                            "MRL's 1-NN matches or beats MRL-E's at every size, trained or not",
-                            "MRL",
-                            "MRL-E",
-                            ge,
-                        ),
-                    ),
-                }
-                notes = ["Sizes 12, 24, 48, 96 and 192 were never trained (no loss term, no head)."]
-                files = write_outputs(
-                    "interpolation",
-                    rows,
-                    out,
-                    ["table", "method", "dim", "seed", "value", "trained"],
-                    "Interpolation: untrained sizes between trained ones",
-                    claims,
-                    notes,
-                )
-            elif exp == "robustness":
-                rows = robustness(seeds, out)
-                claim = Claim("MRL is at least as robust as FF at every size", "MRL", "FF", ge)
-                claims = {r["table"]: (claim,) for r in rows if r["shift"] == "mean over kinds"}
-                notes = [
-                    "Severity tables: mean over the five corruption kinds; the per-kind tables follow."
-                ]
-                files = write_outputs(
-                    "robustness",
-                    rows,
-                    out,
-                    ["table", "method", "dim", "seed", "shift", "value"],
-                    "Robustness: MRL vs FF on a corrupted test set",
-                    claims,
-                    notes,
-                )
-            elif exp == "novel":
-                rows, f = novel(seeds, out, a.overrides)
-                failures += f
-                claims = {
-                    t_: (
-                        Claim(
-                            "MRL matches or beats FF on novel classes at every size",
-                            "MRL",
-                            "FF",
-                            ge,
-                        ),
-                    )
-                    for t_ in dict.fromkeys(r["table"] for r in rows)
-                }
-                notes = [f"Trained on classes {BASE}; episodes over the novel classes {NOVEL}."]
-                files = write_outputs(
-                    "novel",
-                    rows,
-                    out,
-                    ["table", "method", "dim", "seed", "value"],
-                    "Novel-class few-shot",
-                    claims,
-                    notes,
-                )
+            if exp in ("novel", "longtail"):
+                rows, failed = spec["run"](seeds, out, a.overrides)
+                failures += failed
             else:
-                rows, f = longtail(seeds, out, a.overrides)
-                failures += f
-                claims = {
-                    t_: (
-                        Claim(
-                            "MRL matches or beats FF on these classes at every size",
-                            "MRL",
-                            "FF",
-                            ge,
-                        ),
-                    )
-                    for t_ in dict.fromkeys(r["table"] for r in rows)
-                }
-                notes = [
-                    "Long-tailed training set: imbalance ratio 100, seeded exponential profile; test set balanced."
-                ]
-                files = write_outputs(
-                    "longtail",
-                    rows,
-                    out,
-                    ["table", "method", "dim", "seed", "value"],
-                    "Long-tail (FLUID-style)",
-                    claims,
-                    notes,
-                )
+                rows = spec["run"](seeds, out)
+            a_, b_ = spec["compare"]
+            claim = Claim(spec["claim"], a_, b_, ">=")
+            claims = {r["table"]: (claim,) for r in rows if spec["judged"](r)}
+            files = write_outputs(
+                exp, rows, out, spec["columns"], spec["title"], claims, spec["notes"]
+            )
             print(f"== {exp}: {', '.join(str(f) for f in files)} in {time.time() - t:.0f} s")
         except Exception as e:  # noqa: BLE001 - reported, counted, the other experiments run
             print(f"== {exp} failed: {e}", file=sys.stderr)
