@@ -27,16 +27,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Claim:
-    """``a relation b`` at ``sizes``: ``"all"`` or ``"smallest3"`` (the three smallest)."""
+    """``a relation b`` at ``sizes``: ``"all"``, ``"smallest3"`` (the three smallest) or a
+    tuple of sizes."""
 
     text: str
     a: str
     b: str
     relation: str = ">="
-    sizes: str = "all"
+    sizes: str | tuple[int, ...] = "all"
 
     def dims(self, dims: Sequence[int]) -> list[int]:
         dims = sorted(dims)
+        if isinstance(self.sizes, tuple):
+            return [m for m in dims if m in self.sizes]
         return dims[:3] if self.sizes == "smallest3" else dims
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mrl.core.validate import is_int
+from mrl.eval.report import save_dims_figure
 
 log = logging.getLogger(__name__)
 
@@ -338,17 +339,7 @@ def plot_table(rows: Sequence[dict[str, Any]], path: Path, title: str, ylabel: s
                 label=meth,
                 **style,
             )
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("representation size (dims)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_dims_figure(fig, ax, path, title, ylabel)
 
 
 TABLE1_NOTES = (

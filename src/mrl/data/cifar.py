@@ -123,8 +123,9 @@ class CIFARDataModule(MRLDataModule):
         download: download with torchvision when the files are missing.
         img_size: output size of the tensor pipeline (32 native); a data config overrides it.
         augment: random crop (padding 4) + flip on the training split (tensor pipeline).
-        batch_size, eval_batch_size, num_workers, val_size, seed, subset, test_subset,
-            pin_memory, train_classes, imbalance_ratio: see :class:`~mrl.data.base.MRLDataModule`.
+        **common: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``val_size``, ``seed``,
+            ``subset``, ``test_subset``, ``pin_memory``, ``train_classes``,
+            ``imbalance_ratio``: see :class:`~mrl.data.base.MRLDataModule`.
     """
 
     def __init__(
@@ -134,29 +135,9 @@ class CIFARDataModule(MRLDataModule):
         download: bool = True,
         img_size: int = 32,
         augment: bool = True,
-        batch_size: int = 256,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_size: int | float = 5000,
-        seed: int = 0,
-        subset: int | None = None,
-        test_subset: int | None = None,
-        pin_memory: bool = False,
-        train_classes: list[int] | None = None,
-        imbalance_ratio: float | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_size=val_size,
-            seed=seed,
-            subset=subset,
-            test_subset=test_subset,
-            pin_memory=pin_memory,
-            train_classes=train_classes,
-            imbalance_ratio=imbalance_ratio,
-        )
+        super().__init__(**common)
         key = str(name).lower().replace("-", "").replace("_", "")
         if key not in _SPECS:
             raise MRLError(f"CIFAR name={name!r} is invalid; use one of {', '.join(_SPECS)}")

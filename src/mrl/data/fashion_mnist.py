@@ -129,8 +129,9 @@ class FashionMNISTDataModule(MRLDataModule):
         img_size: output size (28 native; other sizes resize batches on tensors).
         download: download with torchvision when the files are missing.
         augment: random crop (padding 2) + horizontal flip on the training split.
-        batch_size, eval_batch_size, num_workers, val_size, seed, subset, test_subset,
-            pin_memory, train_classes, imbalance_ratio: see :class:`~mrl.data.base.MRLDataModule`.
+        **common: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``val_size``, ``seed``,
+            ``subset``, ``test_subset``, ``pin_memory``, ``train_classes``,
+            ``imbalance_ratio``: see :class:`~mrl.data.base.MRLDataModule`.
     """
 
     name = "fashion_mnist"
@@ -144,29 +145,9 @@ class FashionMNISTDataModule(MRLDataModule):
         img_size: int = 28,
         download: bool = True,
         augment: bool = True,
-        batch_size: int = 256,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_size: int | float = 5000,
-        seed: int = 0,
-        subset: int | None = None,
-        test_subset: int | None = None,
-        pin_memory: bool = False,
-        train_classes: list[int] | None = None,
-        imbalance_ratio: float | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_size=val_size,
-            seed=seed,
-            subset=subset,
-            test_subset=test_subset,
-            pin_memory=pin_memory,
-            train_classes=train_classes,
-            imbalance_ratio=imbalance_ratio,
-        )
+        super().__init__(**common)
         self.root = None if root is None else Path(root).expanduser()
         if self.root is not None and self.root.exists() and not self.root.is_dir():
             raise MRLError(f"root={str(root)!r} is a file; pass the folder holding the IDX files")

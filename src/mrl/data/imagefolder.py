@@ -187,8 +187,8 @@ class ImageFolderDataModule(MRLDataModule):
         split: (train, val, test) fractions for the flat layout.
         skip_corrupt: drop unreadable images (counted) instead of raising.
         name: the dataset name reported in ``name``.
-        batch_size, eval_batch_size, num_workers, val_size, seed, subset, test_subset,
-            pin_memory: see :class:`~mrl.data.base.MRLDataModule`.
+        **common: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``val_size``, ``seed``,
+            ``subset``, ``test_subset``, ``pin_memory``: see :class:`~mrl.data.base.MRLDataModule`.
     """
 
     def __init__(
@@ -202,26 +202,15 @@ class ImageFolderDataModule(MRLDataModule):
         split: Sequence[float] = (0.8, 0.1, 0.1),
         skip_corrupt: bool = False,
         name: str = "imagefolder",
-        batch_size: int = 256,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_size: int | float = 5000,
-        seed: int = 0,
-        subset: int | None = None,
-        test_subset: int | None = None,
-        pin_memory: bool = False,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_size=val_size,
-            seed=seed,
-            subset=subset,
-            test_subset=test_subset,
-            pin_memory=pin_memory,
-        )
+        super().__init__(**common)
         self.name = str(name)
+        if self.train_classes is not None or self.imbalance_ratio is not None:
+            raise MRLError(
+                f"train_classes / imbalance_ratio are not supported by {self.name} (no label "
+                "array in memory); use fashion_mnist, cifar10 or cifar100"
+            )
         if root is None or str(root).strip() == "":
             raise MRLError(
                 f"{self.name} root={root!r} is invalid; give the folder holding the class "
@@ -415,14 +404,7 @@ class ImageNetDataModule(ImageFolderDataModule):
         val_dir: str | None = "val",
         test_dir: str | None = None,
         skip_corrupt: bool = False,
-        batch_size: int = 256,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_size: int | float = 5000,
-        seed: int = 0,
-        subset: int | None = None,
-        test_subset: int | None = None,
-        pin_memory: bool = False,
+        **common: Any,
     ) -> None:
         if root is not None and str(root).strip():
             path = Path(root).expanduser()
@@ -440,12 +422,5 @@ class ImageNetDataModule(ImageFolderDataModule):
             test_dir=test_dir,
             skip_corrupt=skip_corrupt,
             name="imagenet",
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_size=val_size,
-            seed=seed,
-            subset=subset,
-            test_subset=test_subset,
-            pin_memory=pin_memory,
+            **common,
         )

@@ -59,9 +59,17 @@ def plot_curves(curves: Mapping[str, Mapping[int, float]], path: Path, title: st
     for name, pts in curves.items():
         xs = sorted(pts)
         ax.plot(xs, [100 * pts[x] for x in xs], marker="o", label=name)
+    return save_dims_figure(fig, ax, path, title, "%")
+
+
+def save_dims_figure(fig, ax, path: Path, title: str, ylabel: str) -> Path:
+    """The shared look of every metric-vs-size figure (log2 x axis, grid, legend), saved to
+    ``path`` (folders made) and closed."""
+    import matplotlib.pyplot as plt
+
     ax.set_xscale("log", base=2)
     ax.set_xlabel("representation size (dims)")
-    ax.set_ylabel("%")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
