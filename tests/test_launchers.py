@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -82,3 +88,63 @@ def test_optuna_search_two_trials_on_a_validation_metric(tmp_path):
     assert len(lrs) == 2  # two different trials
     best = max(row["value"] for row in rows)
     assert f"Best value: {best}" in r.stdout + r.stderr
+
+
+def _submitit_task_pid(folder) -> int | None:
+    """The pid of the submitit task process (``python -m submitit.core._submit``) under folder."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "submitit.core._submit" in cmd and str(folder) in cmd:
+            return int(proc.name)
+    return None
+
+
+def test_submitit_local_preemption_checkpoints_requeues_and_resumes(tmp_path):
+    """SIGUSR2 (what SLURM sends before pre-empting or timing out a submitit job) mid-training:
+    last.ckpt is written at the end of that step, submitit requeues the job, and with
+    ckpt_path=auto the requeued job resumes from that step and completes."""
+    args = [
+        str(ROOT / "train.py"),
+        "-m",
+        "hydra/launcher=submitit_local",
+        "ckpt_path=auto",
+        "data.batch_size=32",
+        "data.subset=256",  # 8 steps per epoch
+        "data.val_size=32",
+        "data.test_subset=64",
+        "trainer.max_epochs=3",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "logger=csv",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "sweep.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, *args], cwd=tmp_path, env=env, stdout=log, stderr=log
+        )
+        try:
+            deadline = time.time() + 300
+            while not list(tmp_path.glob("logs/train/multiruns/*/0/checkpoints/last.ckpt")):
+                assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+                assert time.time() < deadline, "no last.ckpt"
+                time.sleep(0.05)
+            pid = _submitit_task_pid(tmp_path)
+            assert pid is not None
+            os.kill(pid, signal.SIGUSR2)
+            assert proc.wait(timeout=400) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    run = json.loads((sweep / "0" / "run.json").read_text())
+    assert run["status"] == "completed" and run["resumes"] == 1 and run["global_step"] == 24
+    assert 2 <= run["resumed_from"]["global_step"] < 24
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
+    assert (
+        "Requeued job" in logs
+        and f"pre-empted at step {run['resumed_from']['global_step']}" in logs
+    )
+    rows = json.loads((sweep / "sweep_summary.json").read_text())
+    assert [(r["job"], r["status"]) for r in rows] == [(0, "completed")]

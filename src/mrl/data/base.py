@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mrl.core.errors import MRLError
 from mrl.core.validate import is_int, is_number
+from mrl.run.distributed import shard_sampler
 
 SPLITS = ("train", "val", "test", "train_eval")
 
@@ -288,10 +289,13 @@ class MRLDataModule(pl.LightningDataModule):
         ds = self.dataset(split)
         if ds is None:
             raise MRLError(f"{self.name} has no {split} split")
+        # evaluation splits under DDP: an unpadded shard per rank (every sample counted once)
+        sampler = None if shuffle else shard_sampler(ds)
         return DataLoader(
             ds,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mrl.core.errors import MRLError
+from mrl.run import distributed
 from mrl.run.files import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,12 @@ def file_fingerprint(path: str | Path) -> str:
 
 @torch.no_grad()
 def embed_loader(module: Any, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Full-width embeddings (float32, not normalised) and int64 labels of one loader."""
+    """Full-width embeddings (float32, not normalised) and int64 labels of one loader.
+
+    Under DDP (a loader sharded by :func:`mrl.run.distributed.shard_sampler`) every rank
+    embeds its shard and rank 0 receives the whole split in dataset order; the other ranks
+    get empty arrays.
+    """
     was_training = module.training
     module.eval().to(device)
     xs, ys = [], []
@@ -54,14 +60,28 @@ def embed_loader(module: Any, loader, device: torch.device) -> tuple[np.ndarray,
         xs.append(module.embed(x.to(device, non_blocking=True)).float().cpu())
         ys.append(y.cpu())
     module.train(was_training)
-    if not xs:
+    if not xs and distributed.world_size() == 1:
         raise MRLError("a data split is empty: no embeddings to evaluate")
-    return torch.cat(xs).numpy(), torch.cat(ys).numpy().astype(np.int64)
+    width = int(xs[0].shape[1]) if xs else 0
+    x_np = torch.cat(xs).numpy() if xs else np.zeros((0, width), np.float32)
+    y_np = torch.cat(ys).numpy().astype(np.int64) if ys else np.zeros(0, np.int64)
+    total = len(loader.dataset)
+    full = distributed.gather_shards(
+        {"x": x_np, "y": y_np}, distributed.shard_indices(loader.sampler, total), total
+    )
+    if full is None:  # not rank 0
+        return np.zeros((0, width), np.float32), np.zeros(0, np.int64)
+    return full["x"], full["y"]
 
 
 def compute_embeddings(module: Any, dm: Any, device: str | torch.device = "cpu"):
-    """One pass per split: ``{train,val,test}_{x,y}`` (val absent when the split is empty)."""
+    """One pass per split: ``{train,val,test}_{x,y}`` (val absent when the split is empty).
+
+    Under DDP every rank embeds its shard with rank 0's weights (BatchNorm statistics
+    included); the arrays are complete on rank 0 only.
+    """
     device = torch.device(device)
+    distributed.sync_from_main(module)  # every rank embeds with rank 0's weights
     dm.setup("fit")
     dm.setup("test")
     loaders = {"train": dm.train_eval_dataloader(), "test": dm.test_dataloader()}
@@ -127,16 +147,21 @@ def cached_embeddings(
     module: Any, dm: Any, folder: Path, meta: Mapping[str, Any], device, use_cache: bool
 ) -> tuple[dict[str, np.ndarray], bool]:
     """Reuse ``folder`` when its ``meta.json`` equals ``meta`` (same checkpoint and data),
-    else embed every split and write it. Returns ``(arrays, reused)``."""
+    else embed every split and write it. Returns ``(arrays, reused)``.
+
+    Under DDP rank 0 decides (and alone writes); the arrays are empty on the other ranks.
+    """
     side = Path(folder) / META
-    if use_cache and side.is_file():
+    same = False
+    if use_cache and side.is_file() and distributed.is_main():
         try:
             same = json.loads(side.read_text()) == json.loads(json.dumps(dict(meta)))
         except ValueError:
             same = False
-        if same:
-            log.info("reusing %s", folder)
-            return load_embeddings(folder), True
+    if distributed.broadcast(same):
+        log.info("reusing %s", folder)
+        return (load_embeddings(folder) if distributed.is_main() else {}), True
     arrays = compute_embeddings(module, dm, device)
-    save_embeddings(folder, arrays, meta)
+    if distributed.is_main():
+        save_embeddings(folder, arrays, meta)
     return arrays, False

@@ -39,9 +39,10 @@ class MRLEvalCallback(pl.Callback):
         self.last_metrics: dict[str, float] = {}
 
     def _run(self, trainer: pl.Trainer, module, tag: str) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking:
+        """Every rank embeds its shard; rank 0 evaluates and writes (see the pipeline)."""
+        if trainer.sanity_checking:
             return
-        self.last_metrics = evaluate_run(
+        metrics = evaluate_run(
             module,
             trainer.datamodule,
             self.evaluators,
@@ -53,6 +54,9 @@ class MRLEvalCallback(pl.Callback):
             loggers=trainer.loggers,
             title=f"{module.method} {tag}",
         )
+        if trainer.is_global_zero:
+            self.last_metrics = metrics
+        trainer.strategy.barrier("mrl-eval")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         n = self.every_n_epochs

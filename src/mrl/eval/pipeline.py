@@ -24,6 +24,7 @@ from mrl.eval.cache import cached_embeddings
 from mrl.eval.linear import head_logits
 from mrl.eval.registry import EvalData, Evaluator, main_metric_names, run_evaluators
 from mrl.eval.report import report
+from mrl.run import distributed
 from mrl.run.files import update_metrics_json, write_json_atomic
 from mrl.run.layout import RunDir
 
@@ -120,7 +121,9 @@ def evaluate_run(
     """Embed every split once (or reuse the cache), then :func:`evaluate_arrays`.
 
     The per-prefix evaluators run at ``dims`` when given, else at the model's trained dims
-    plus ``extra_dims`` (:func:`eval_dims`).
+    plus ``extra_dims`` (:func:`eval_dims`). Under DDP every rank calls this: each embeds its
+    shard, rank 0 runs the evaluators on the gathered arrays and writes; the others return
+    ``{}``.
     """
     match_data(module, dm)
     meta = {**(meta or {}), "data": repr(dm), "transform": str(getattr(dm, "data_config", ""))}
@@ -129,6 +132,10 @@ def evaluate_run(
         module, dm, RunDir(out_dir).embeddings, meta, device, use_cache
     )
     timing = {"embed": round(time.time() - t0, 2), "embeddings_reused": reused}
+    if not distributed.is_main():
+        return {}
+    if distributed.world_size() > 1:
+        timing["processes"] = distributed.world_size()
     data = EvalData.from_arrays(
         arrays, int(dm.num_classes), heads=lambda z: head_logits(module, np.asarray(z))
     )

@@ -67,7 +67,8 @@ class NestedObjective(pl.LightningModule):
 
     A subclass sets ``self.dims``, ``self.prefix_weights`` (``{m: c_m}``) and ``self.optim_cfg``
     and implements :meth:`prefix_losses`; it is chosen by config (``objective=<name>``).
-    Logged: ``train/loss`` (the weighted sum) and ``train/loss@d{m}`` (unweighted, per prefix).
+    Logged: ``train/loss`` (the weighted sum) and ``train/loss@d{m}`` (unweighted, per prefix),
+    averaged over the processes under DDP (``sync_dist``).
     """
 
     dims: list[int]
@@ -108,9 +109,9 @@ class NestedObjective(pl.LightningModule):
                 step=int(self.global_step),
                 prefix=int(bad[0]),
             )
-        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         for m, v in per.items():
-            self.log(f"train/loss@d{m}", v, on_step=False, on_epoch=True)
+            self.log(f"train/loss@d{m}", v, on_step=False, on_epoch=True, sync_dist=True)
         return total
 
     def configure_optimizers(self):

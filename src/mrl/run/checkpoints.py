@@ -144,3 +144,13 @@ def read_checkpoint(path: str | os.PathLike, label: str | None = None) -> dict[s
             "written by train.py"
         )
     return ckpt
+
+
+def fit_progress(path: str | os.PathLike) -> tuple[int, int]:
+    """``(global_step, epochs started)`` recorded in a Lightning checkpoint."""
+    ckpt = read_checkpoint(path)
+    try:
+        epochs = int(ckpt["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"])
+    except (KeyError, TypeError):
+        epochs = int(ckpt.get("epoch", -1)) + 1
+    return int(ckpt.get("global_step", 0)), epochs

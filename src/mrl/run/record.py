@@ -1,6 +1,7 @@
 """``run.json``, the run record: written when a task starts, updated, finalised on exit.
 
-Fields: ``task``, ``status`` (``running`` -> ``completed`` | ``failed``), ``run_dir``,
+Fields: ``task``, ``status`` (``running`` -> ``completed`` | ``failed`` | ``interrupted``: Ctrl-C or a
+scheduler's pre-emption signal), ``run_dir``,
 ``seconds`` and, on failure, ``error`` (one line, at most 500 characters); tasks add their own
 (``method``, ``dims``, ``seed``, ...). Every write is atomic.
 """
@@ -50,6 +51,9 @@ def run_record(path: str | Path, **fields: Any) -> Iterator[RunRecord]:
     try:
         yield record
         record["status"] = "completed"
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or a scheduler's pre-emption
+        record.update(status="interrupted", error=f"{type(e).__name__} {e}".strip()[:500])
+        raise
     except BaseException as e:
         record.update(status="failed", error=" ".join(str(e).split())[:500] or type(e).__name__)
         raise

@@ -234,8 +234,12 @@ def wandb_run_id(run_dir: str | Path, configured: str | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- CSV history
+def _csv_loggers(loggers: list) -> list:
+    return [lg for lg in loggers if type(lg).__name__ == "CSVLogger"]
+
+
 def _csv_files(loggers: list) -> list[Path]:
-    return [Path(lg.log_dir) / "metrics.csv" for lg in loggers if type(lg).__name__ == "CSVLogger"]
+    return [Path(lg.log_dir) / "metrics.csv" for lg in _csv_loggers(loggers)]
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -291,3 +295,17 @@ def merge_csv_logs(loggers: list) -> None:
         _write_csv(f, sorted(header), rows)
         for p in parts:
             p.unlink()
+
+
+def adopt_csv_header(loggers: list) -> None:
+    """Make each CSV logger know the columns already in its ``metrics.csv``.
+
+    Under ``strategy=ddp_spawn`` the fit logs from a child process, so the parent's logger
+    would rewrite the file with only the test columns and fail; this lets it append instead.
+    """
+    for lg, f in zip(_csv_loggers(loggers), _csv_files(loggers), strict=True):
+        if f.is_file():
+            header, _ = _read_csv(f)
+            keys = lg.experiment.metrics_keys
+            keys.extend(k for k in header if k not in keys)
+            keys.sort()

@@ -21,13 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from mrl.core.dims import auto_dims
 from mrl.core.errors import MRLError
+from mrl.core.validate import integer
 from mrl.eval.cache import file_fingerprint, load_embeddings
-from mrl.eval.pipeline import eval_dims, evaluate_arrays, evaluate_run
+from mrl.eval.pipeline import eval_dims, evaluate_arrays, evaluate_run, match_data
 from mrl.eval.registry import EvalData, build_evaluators
 from mrl.objectives.classification import MRLLitModule
 from mrl.run.checkpoints import read_checkpoint
+from mrl.run.distributed import spawn
 from mrl.run.layout import RunDir, run_dir_of
-from mrl.run.record import run_record
+from mrl.run.record import read_record, run_record
 from mrl.tasks.instantiate import close_wandb, instantiate, instantiate_all
 
 
@@ -93,9 +95,30 @@ def _data_config(cfg: DictConfig, ckpt: Path) -> dict[str, Any]:
     return data_cfg
 
 
+def _eval_worker(rank: int, args: tuple) -> None:
+    """One of ``devices`` processes: embed this rank's shard; rank 0 evaluates and writes."""
+    ckpt, data_cfg, evaluators, out, device_type, logger_cfg, kwargs = args
+    module = load_module(ckpt)
+    dm = instantiate(data_cfg)
+    device = torch.device(f"cuda:{rank}" if device_type == "cuda" else "cpu")
+    loggers = instantiate_all(logger_cfg) if rank == 0 else []
+    try:
+        evaluate_run(module, dm, evaluators, out, device=device, loggers=loggers, **kwargs)
+    finally:
+        close_wandb(loggers)
+
+
 def eval_task(cfg: DictConfig) -> dict[str, float]:
-    """``eval.py``: evaluate a checkpoint or embeddings; returns the run dir's metrics."""
+    """``eval.py``: evaluate a checkpoint or embeddings; returns the run dir's metrics.
+
+    ``devices=N`` (N > 1) embeds a checkpoint's splits in N processes (gloo on CPU, NCCL on
+    GPUs), each an unpadded shard; rank 0 gathers them and runs the evaluators, so the
+    metrics are those of one process (up to float rounding).
+    """
     run = RunDir(cfg.paths.output_dir)
+    devices = integer(
+        cfg.get("devices", 1), "devices", min=1, hint="processes for the embedding pass"
+    )
     run.path.mkdir(parents=True, exist_ok=True)
     evaluators = build_evaluators(OmegaConf.to_container(cfg.get("eval") or {}, resolve=False))
     extra = list(cfg.get("extra_dims") or [])
@@ -105,6 +128,8 @@ def eval_task(cfg: DictConfig) -> dict[str, float]:
     with run_record(run.record, task="eval", evaluators=list(evaluators)) as record:
         try:
             if cfg.get("embeddings"):
+                if devices > 1:
+                    print(f"embeddings: devices={devices} ignored (no embedding pass to share)")
                 data = EvalData.from_arrays(load_embeddings(cfg.embeddings, mmap=True))
                 if not _evaluators_chosen():  # the default list: what bare embeddings allow
                     skipped = [n for n, e in evaluators.items() if e.needs_heads]
@@ -116,24 +141,34 @@ def eval_task(cfg: DictConfig) -> dict[str, float]:
                 )
             ckpt = Path(str(cfg.ckpt_path)).expanduser()
             module = load_module(ckpt)
-            dm = instantiate(_data_config(cfg, ckpt))
+            data_cfg = _data_config(cfg, ckpt)
+            dm = instantiate(data_cfg)
+            match_data(module, dm)  # one-line errors before any process starts
             record.update(method=module.method, dims=module.dims, ckpt=str(ckpt))
-            loggers = instantiate_all(
-                cfg.get("logger"), wandb={"name": cfg.get("run_name") or f"eval-{module.method}"}
-            )
-            return evaluate_run(
-                module,
-                dm,
-                evaluators,
-                run.path,
+            device = _device(str(cfg.get("device", "auto")))
+            kwargs = dict(
                 meta={"ckpt": str(ckpt.resolve()), "ckpt_fingerprint": file_fingerprint(ckpt)},
                 extra_dims=extra,
                 dims=only,
-                device=_device(str(cfg.get("device", "auto"))),
                 use_cache=bool(cfg.get("cache", True)),
                 plots=plots,
-                loggers=loggers,
                 title=f"{module.method} ({module.hparams.model.get('name')})",
+            )
+            logger_cfg = OmegaConf.to_container(cfg.get("logger") or {}, resolve=True)
+            wandb_name = {"name": cfg.get("run_name") or f"eval-{module.method}"}
+            if devices > 1:
+                record.update(processes=devices)
+                backend = "nccl" if device.type == "cuda" else "gloo"
+                spawn(
+                    _eval_worker,
+                    devices,
+                    (ckpt, data_cfg, evaluators, run.path, device.type, logger_cfg, kwargs),
+                    backend=backend,
+                )
+                return read_record(run.metrics)
+            loggers = instantiate_all(logger_cfg, wandb=wandb_name)
+            return evaluate_run(
+                module, dm, evaluators, run.path, device=device, loggers=loggers, **kwargs
             )
         finally:
             close_wandb(loggers)

@@ -26,18 +26,28 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
+import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from mrl.core.errors import MRLError, NonFiniteLossError
 from mrl.core.validate import integer
 from mrl.data.base import follow_model_transforms
 from mrl.eval.report import prefix_table
 from mrl.objectives.classification import MRLLitModule
-from mrl.run.checkpoints import AtomicCheckpointIO, remove_stale_temp_files
+from mrl.run.checkpoints import AtomicCheckpointIO, fit_progress, remove_stale_temp_files
+from mrl.run.distributed import worker_error
 from mrl.run.files import update_metrics_json
 from mrl.run.layout import RunDir
+from mrl.run.preemption import PreemptionCheckpoint, in_submitit_job
 from mrl.run.record import read_record, run_record
-from mrl.run.resume import check_resume_checkpoint, merge_csv_logs, stash_csv_logs, wandb_run_id
+from mrl.run.resume import (
+    adopt_csv_header,
+    check_resume_checkpoint,
+    merge_csv_logs,
+    stash_csv_logs,
+    wandb_run_id,
+)
 from mrl.tasks.instantiate import close_wandb, instantiate, instantiate_all, unwrap
 
 log = logging.getLogger(__name__)
@@ -111,6 +121,8 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list) -> pl.Trainer
     extra: dict[str, Any] = {}
     if not cfg.trainer.get("plugins"):
         extra["plugins"] = [AtomicCheckpointIO()]
+        if in_submitit_job() and SLURMEnvironment.detect():  # submitit owns the requeue
+            extra["plugins"].append(SLURMEnvironment(auto_requeue=False))
     try:
         return hydra.utils.instantiate(
             cfg.trainer,
@@ -189,6 +201,8 @@ def _train(cfg: DictConfig, run: RunDir, info, previous: dict, loggers: list) ->
     if ckpt_path is not None:  # before CSVLogger deletes the rows logged so far
         stash_csv_logs(loggers, info["resumed_from"]["global_step"])
     callbacks = instantiate_all(cfg.get("callbacks"))
+    if in_submitit_job():  # requeue on pre-emption from a fresh last.ckpt (ckpt_path=auto)
+        callbacks.append(PreemptionCheckpoint(run.last_ckpt))
     if not loggers:  # a learning-rate monitor needs a logger
         callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
     trainer = build_trainer(cfg, loggers, callbacks)
@@ -203,7 +217,10 @@ def _train(cfg: DictConfig, run: RunDir, info, previous: dict, loggers: list) ->
 
     if cfg.get("train", True):
         try:
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+            try:
+                trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+            except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+                raise worker_error(e) from None  # strategy=ddp_spawn: one line, not a traceback
         except NonFiniteLossError as e:
             kept = (
                 f"; {run.last_ckpt} holds the last good state: resume with ckpt_path=last and a "
@@ -213,13 +230,17 @@ def _train(cfg: DictConfig, run: RunDir, info, previous: dict, loggers: list) ->
             )
             info.update(failed_step=e.step, failed_prefix=e.prefix)
             raise NonFiniteLossError(f"{e}{kept}", e.step, e.prefix) from e
-    info.update(global_step=int(trainer.global_step), epochs=int(trainer.current_epoch))
+    step, epochs = int(trainer.global_step), int(trainer.current_epoch)
+    if step == 0 and run.last_ckpt.is_file():  # fitted in spawned processes (ddp_spawn)
+        step, epochs = fit_progress(run.last_ckpt)
+    info.update(global_step=step, epochs=epochs)
     metrics = {
         k: v
         for k, v in trainer.callback_metrics.items()
         if k.startswith(("val/", "train/")) and not k.endswith("_step")
     }
     if cfg.get("test", True):
+        adopt_csv_header(loggers)  # the fit may have logged from spawned processes
         trainer.test(module, datamodule=dm, verbose=False)
         metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     merge_csv_logs(loggers)
