@@ -78,11 +78,13 @@ clean-logs: ## remove logs/ (asks first)
 	@read -p "delete logs/ ? [y/N] " a && [ "$$a" = y ] && rm -rf logs/ || echo kept
 
 # ---- benchmarks (issue 5): python -m scripts.bench, rows -> results/bench.json -------------------
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-ddp
 BENCH_ARGS ?=
 bench: setup ## every benchmark (~10-20 min): measured ratios vs targets -> results/bench.json
 	$(PY) -m scripts.bench --out results/bench.json $(BENCH_ARGS)
 
 bench-quick: setup ## smaller benchmarks (< 2 min): same rows, small sizes -> results/bench.json
 	$(PY) -m scripts.bench --quick --out results/bench.json $(BENCH_ARGS)
+bench-ddp: setup ## 1 vs 2 CPU processes (trainer=ddp_cpu): wall-clock and metrics (~10 min)
+	$(PY) -m scripts.bench --only ddp_cpu --out results/bench_ddp.json $(BENCH_ARGS)
 # ---- end benchmarks ------------------------------------------------------------------------

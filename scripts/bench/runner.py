@@ -22,6 +22,8 @@ Groups (``--only`` takes group names, or prefixes of them: ``eval`` is the one g
   adaptive_1m      adaptive retrieval over 1M x 2048 vectors (own process: its peak RSS)
   adaptive_fmnist  adaptive vs exact mAP@10 on real Fashion-MNIST embeddings
   pipeline         default loader vs default training step, and that process's peak RSS
+  ddp_cpu          1 vs 2 CPU processes (trainer=ddp_cpu): train.py wall-clock and test/top1,
+                   eval.py devices=2 vs 1 metrics (only with --only ddp_cpu: whole runs)
   gpu              GPU rows (only with --gpu or --only gpu)
 
 Scales: default = the full benchmark (about 15 minutes on an idle 2-core machine, more
@@ -62,6 +64,7 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
         "adaptive_fmnist": dict(n_db=10_000, n_q=2_000),
         "pipeline": dict(batch=256, reps=3, loader_batches=20),
         "gpu": dict(batch=256, steps=10, reps=5, faiss_n=1_000_000, faiss_queries=1000),
+        "ddp_cpu": dict(subset=10_000, batch=128, epochs=1, test_subset=2_000),
     },
     "quick": {
         "train_resnet18": dict(batch=8, reps=2),
@@ -73,6 +76,7 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
         "adaptive_fmnist": dict(n_db=1_000, n_q=200),
         "pipeline": dict(batch=16, reps=2, loader_batches=10),
         "gpu": dict(batch=128, steps=5, reps=3, faiss_n=200_000, faiss_queries=500),
+        "ddp_cpu": dict(subset=1_000, batch=64, epochs=1, test_subset=500),
     },
     "smoke": {
         "train_resnet18": dict(batch=2, reps=1),
@@ -84,6 +88,7 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
         "adaptive_fmnist": dict(n_db=200, n_q=40),
         "pipeline": dict(batch=4, reps=1, loader_batches=2),
         "gpu": dict(batch=8, steps=2, reps=1, faiss_n=10_000, faiss_queries=50),
+        "ddp_cpu": dict(subset=64, batch=32, epochs=1, test_subset=64),
     },
 }
 CPU_GROUPS = [
@@ -96,6 +101,7 @@ CPU_GROUPS = [
     "adaptive_fmnist",
     "pipeline",
 ]
+OPT_IN_GROUPS = ["ddp_cpu"]  # minutes of whole train.py runs: only with --only
 SUBPROCESS_GROUPS = {"adaptive_1m", "pipeline"}  # peak RSS must be their own
 TIMEOUT_S = {"adaptive_1m": 1500, "pipeline": 900}
 
@@ -136,6 +142,10 @@ def run_group(group: str, scale: str, opts: argparse.Namespace) -> list[dict[str
         from .training import pipeline
 
         return pipeline(**p)
+    if group == "ddp_cpu":
+        from .distributed import ddp_cpu
+
+        return ddp_cpu(**p)
     if group == "gpu":
         from .gpu import gpu_rows
 
@@ -221,7 +231,7 @@ def select(only: list[str] | None, gpu: bool) -> list[str]:
     groups = ["gpu"] if gpu else list(CPU_GROUPS)
     if not only:
         return groups
-    every = [*CPU_GROUPS, "gpu"]
+    every = [*CPU_GROUPS, *OPT_IN_GROUPS, "gpu"]
     chosen = []
     for name in only:
         hits = [name] if name in every else [g for g in every if g.startswith(name)]
