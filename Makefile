@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data test test-readme test-fast lint format reproduce-table1 reproduce-paper \
-	reproduce-interpolation reproduce-robustness reproduce-novel reproduce-longtail train aggregate clean-logs
+	reproduce-interpolation reproduce-robustness reproduce-adaptive reproduce-novel reproduce-longtail train aggregate clean-logs
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ reproduce-interpolation: setup ## untrained sizes 12..192 from the Table 1 runs 
 
 reproduce-robustness: setup ## Table 1 runs on a corrupted test set (5 kinds x 3 severities) -> results/robustness_*
 	$(PY) scripts/reproduce_paper.py --only robustness --seeds $(SEEDS) $(PAPER_ARGS)
+
+reproduce-adaptive: setup ## adaptive classification + funnel retrieval from the Table 1 MRL runs -> results/adaptive_*
+	$(PY) scripts/reproduce_paper.py --only adaptive --seeds $(SEEDS) $(PAPER_ARGS)
 
 reproduce-novel: setup ## trained on classes 0-4, 5-way few-shot on 5-9, MRL vs FF -> results/novel_*
 	$(PY) scripts/reproduce_paper.py --only novel --seeds $(SEEDS) $(PAPER_ARGS)
