@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,3 +38,59 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int 
         text=True,
         timeout=timeout,
     )
+
+
+# Runs entry-point scripts (train.py, eval.py) one after another in ONE Python process, each
+# as ``python <script> <args>`` would (``runpy`` as ``__main__``, a fresh Hydra, its own argv and
+# environment), catching its ``SystemExit`` and capturing its stdout and stderr: a new
+# interpreter per case costs ~10 s of imports on 2 cores.
+_DRIVER = r"""
+import contextlib, io, json, os, runpy, sys, time, traceback
+from hydra.core.global_hydra import GlobalHydra
+cases_file, out_file = sys.argv[1], sys.argv[2]
+cases = json.load(open(cases_file))
+results = {}
+for name, script, args, env, *keep in cases:
+    GlobalHydra.instance().clear()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    if "mrl.cli" in sys.modules:
+        sys.modules["mrl.cli"].SWEEP_JOBS.clear()
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv = [script, *args]
+    code = 0
+    t = time.time()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:  # uncaught: what the interpreter would print
+            traceback.print_exc()
+            code = 1
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    results[name] = {
+        "code": code, "stdout": out.getvalue(), "stderr": err.getvalue(),
+        "seconds": round(time.time() - t, 1),
+        "files": {f: open(f).read() for f in (keep[0] if keep else []) if os.path.isfile(f)},
+    }
+json.dump(results, open(out_file, "w"))
+"""
+
+
+def run_cli_cases(cases: list[tuple], tmp: Path, timeout: int = 900) -> dict[str, dict]:
+    """Run ``(name, script, args, env[, files])`` cases through the real entry-point scripts,
+    in order, all in one subprocess (see ``_DRIVER``); returns
+    ``{name: {"code", "stdout", "stderr", "seconds", "files"}}`` where ``code`` is the exit
+    status ``python <script> <args>`` would have and ``files`` maps each path of ``files``
+    that exists right after the case to its text (read before the next case runs)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    cases = [[*c[:4], [str(f) for f in c[4]]] if len(c) > 4 else list(c) for c in cases]
+    (tmp / "cases.json").write_text(json.dumps(cases))
+    r = run_cli("-c", _DRIVER, str(tmp / "cases.json"), str(tmp / "out.json"), timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((tmp / "out.json").read_text())

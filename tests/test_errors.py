@@ -1,9 +1,9 @@
 """Bad inputs end in one line, ``error: <message>``, exit status 2, and no traceback.
 
 Every case runs the real entry point (``train.py`` / ``eval.py`` with Hydra); to keep the suite
-fast all cases run in ONE Python process (``_DRIVER`` below calls each script with ``runpy``,
-catching its ``SystemExit`` and capturing stderr). ``HYDRA_FULL_ERROR=1`` brings tracebacks
-back (last test).
+fast all cases run in ONE Python process (``mrl_test_utils.run_cli_cases`` calls each script
+with ``runpy``, catching its ``SystemExit`` and capturing stderr). ``HYDRA_FULL_ERROR=1`` brings
+tracebacks back (last test).
 
 | # | bad input | message (after ``error: ``; <tmp> is a temporary folder) |
 |---|---|---|
@@ -65,7 +65,7 @@ from pathlib import Path
 
 import pytest
 
-from mrl_test_utils import compose_cfg, run_cli
+from mrl_test_utils import compose_cfg, run_cli_cases
 
 TINY = (
     "logger=csv",
@@ -77,38 +77,6 @@ TINY = (
     "trainer.max_epochs=1",
     "~callbacks.rich_progress_bar",
 )
-
-_DRIVER = r"""
-import contextlib, io, json, os, runpy, sys, traceback
-from hydra.core.global_hydra import GlobalHydra
-cases_file, out_file = sys.argv[1], sys.argv[2]
-cases = json.load(open(cases_file))
-results = {}
-for name, script, args, env in cases:
-    GlobalHydra.instance().clear()
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    if "mrl.cli" in sys.modules:
-        sys.modules["mrl.cli"].SWEEP_JOBS.clear()
-    err = io.StringIO()
-    sys.argv = [script, *args]
-    code = 0
-    with contextlib.redirect_stderr(err):
-        try:
-            runpy.run_path(script, run_name="__main__")
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:  # uncaught: what the interpreter would print
-            traceback.print_exc()
-            code = 1
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    results[name] = {"code": code, "stderr": err.getvalue()}
-json.dump(results, open(out_file, "w"))
-"""
 
 
 class _Evil:
@@ -269,14 +237,10 @@ def _cases(f) -> dict[str, tuple[str, list[str], list[str]]]:
 @pytest.fixture(scope="module")
 def results(files, tmp_path_factory):
     """Run every case in one subprocess; ``{name: {"code", "stderr"}}``."""
-    tmp = tmp_path_factory.mktemp("driver")
-    cases = [[name, s, args, {}] for name, (s, args, _) in _cases(files).items()]
+    cases = [(name, s, args, {}) for name, (s, args, _) in _cases(files).items()]
     full = [f"hydra.run.dir={files['tmp']}/full", "data=nope"]
-    cases.append(["full_error", "train.py", full, {"HYDRA_FULL_ERROR": "1"}])
-    (tmp / "cases.json").write_text(json.dumps(cases))
-    r = run_cli("-c", _DRIVER, str(tmp / "cases.json"), str(tmp / "out.json"), timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads((tmp / "out.json").read_text())
+    cases.append(("full_error", "train.py", full, {"HYDRA_FULL_ERROR": "1"}))
+    return run_cli_cases(cases, tmp_path_factory.mktemp("driver"))
 
 
 CASE_NAMES = [

@@ -10,7 +10,7 @@ import numpy as np
 
 from mrl.data.fashion_mnist import find_idx_files
 from mrl.data.idx import read_idx
-from mrl_test_utils import run_cli
+from mrl_test_utils import run_cli, run_cli_cases
 
 TOY_MODULE = '''
 import numpy as np
@@ -88,19 +88,25 @@ FAST = [
 
 def test_training_callback_and_eval_py_agree(tmp_path):
     run = tmp_path / "train"
-    r = run_cli(
-        "train.py", *FAST, "callbacks=eval", "eval=[knn,retrieval,linear]", f"hydra.run.dir={run}"
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    during = json.loads((run / "metrics.json").read_text())
-    r = run_cli(
-        "eval.py",
+    train = [*FAST, "callbacks=eval", "eval=[knn,retrieval,linear]", f"hydra.run.dir={run}"]
+    evaluate = [
         f"ckpt_path={run}/checkpoints/last.ckpt",
         "eval=[knn,retrieval,linear]",
         "logger=csv",
         f"hydra.run.dir={tmp_path / 'eval'}",
+    ]
+    # ``python train.py ...`` then ``python eval.py ...``, one after the other in one subprocess
+    # (the training run's metrics.json is read back right after train.py, before eval.py)
+    results = run_cli_cases(
+        [
+            ("train", "train.py", train, {}, [run / "metrics.json"]),
+            ("eval", "eval.py", evaluate, {}),
+        ],
+        tmp_path / "driver",
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    for name, r in results.items():
+        assert r["code"] == 0, (name, r["stderr"][-3000:])
+    during = json.loads(results["train"]["files"][str(run / "metrics.json")])
     after = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     keys = [k for k in after if k.startswith(("knn/", "retrieval/", "linear/"))]
     assert len(keys) == 7 * (2 + 12 + 1)  # 7 prefixes: kNN 2, retrieval 3 x 4 ks, linear 1

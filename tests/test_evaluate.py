@@ -11,7 +11,7 @@ import pytest
 from mrl import MRLError
 from mrl.eval.cache import load_embeddings
 from mrl.tasks.evaluate import load_module
-from mrl_test_utils import compose_cfg, run_cli
+from mrl_test_utils import compose_cfg, run_cli_cases
 
 DIMS = [8, 16, 32, 64, 128, 256, 512]
 EXTRA = [12, 24, 48]
@@ -85,31 +85,41 @@ def test_cache_plot_and_sidecar(evaluated):
 
 @pytest.mark.slow
 def test_cli_subset_of_evaluators_reuses_cache(trained_run, tmp_path):
+    """Three ``python eval.py`` runs into one run dir (in one subprocess, one after another)."""
     run_dir, _ = trained_run
     args = [
-        "eval.py",
         f"ckpt_path={run_dir}/checkpoints/last.ckpt",
-        "eval=[knn,retrieval]",
         "logger=csv",
+        "data_overrides.subset=1500",
         "data_overrides.test_subset=300",
         f"hydra.run.dir={tmp_path}/e",
     ]
-    r = run_cli(*args)
-    assert r.returncode == 0, r.stderr[-3000:]
-    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    out = tmp_path / "e"
+    read = [out / "metrics.json", out / "eval_timing.json"]  # read back after each run
+    results = run_cli_cases(
+        [
+            ("knn_retrieval", "eval.py", [*args, "eval=[knn,retrieval]"], {}, read),
+            ("knn", "eval.py", [*args, "eval=[knn]"], {}, read),
+            # dims=[512]: the largest prefix alone, heads included, from the same cache
+            ("linear_knn_512", "eval.py", [*args, "eval=[linear,knn]", "dims=[512]"], {}, read),
+        ],
+        tmp_path / "driver",
+    )
+    for name, r in results.items():
+        assert r["code"] == 0, (name, r["stderr"][-3000:])
+
+    def files(name: str) -> tuple[dict, dict]:
+        f = results[name]["files"]
+        return json.loads(f[str(read[0])]), json.loads(f[str(read[1])])
+
+    metrics, timing = files("knn_retrieval")
     assert {k.split("/")[0] for k in metrics} == {"knn", "retrieval"}
-    timing = json.loads((tmp_path / "e" / "eval_timing.json").read_text())
     assert timing["embeddings_reused"] is False
-    r2 = run_cli(*args[:-1], f"hydra.run.dir={tmp_path}/e", "eval=[knn]")
-    assert r2.returncode == 0, r2.stderr[-3000:]
-    assert json.loads((tmp_path / "e" / "eval_timing.json").read_text())["embeddings_reused"]
-    # dims=[512]: the largest prefix alone, heads included, from the same cache
-    r3 = run_cli(*args[:-2], f"hydra.run.dir={tmp_path}/e", "eval=[linear,knn]", "dims=[512]")
-    assert r3.returncode == 0, r3.stderr[-3000:]
-    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert files("knn")[1]["embeddings_reused"]
+    metrics, timing = files("linear_knn_512")
     assert [k for k in metrics if k.startswith("linear/")] == ["linear/top1@d512"]
     assert metrics["linear/top1@d512"] > 0.4  # chance is 0.1
-    assert json.loads((tmp_path / "e" / "eval_timing.json").read_text())["embeddings_reused"]
+    assert timing["embeddings_reused"]
 
 
 def test_eval_dims_default_extra_and_only():
@@ -126,18 +136,19 @@ def test_eval_dims_default_extra_and_only():
 
 
 def test_unknown_evaluator_and_missing_inputs(tmp_path):
-    r = run_cli(
-        "eval.py",
-        f"embeddings={tmp_path}/none.npz",
-        "logger=csv",
-        "eval=[knn]",
-        f"hydra.run.dir={tmp_path}/x",
+    no_npz = [f"embeddings={tmp_path}/none.npz", "logger=csv", "eval=[knn]"]
+    no_ckpt = [f"ckpt_path={tmp_path}/missing.ckpt", "logger=csv"]
+    results = run_cli_cases(  # both ``python eval.py ...`` runs in one subprocess
+        [
+            ("no_npz", "eval.py", [*no_npz, f"hydra.run.dir={tmp_path}/x"], {}),
+            ("no_ckpt", "eval.py", [*no_ckpt, f"hydra.run.dir={tmp_path}/y"], {}),
+        ],
+        tmp_path / "driver",
     )
-    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli(
-        "eval.py", f"ckpt_path={tmp_path}/missing.ckpt", "logger=csv", f"hydra.run.dir={tmp_path}/y"
-    )
-    assert r.returncode == 2 and "is not a file" in r.stderr
+    r = results["no_npz"]
+    assert r["code"] == 2 and "does not exist" in r["stderr"] and "Traceback" not in r["stderr"]
+    r = results["no_ckpt"]
+    assert r["code"] == 2 and "is not a file" in r["stderr"]
     from mrl.eval.registry import Evaluator, build_evaluators
 
     with pytest.raises(MRLError, match=r"eval.knnn has no _target_"):

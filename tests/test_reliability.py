@@ -381,3 +381,24 @@ def test_slimmable_runs_through_the_shared_trainer_and_resumes(tmp_path, monkeyp
     assert run["status"] == "completed" and run["resumes"] == 1
     assert run["resumed_from"]["global_step"] == 3 and run["global_step"] == 6
     assert _json(tmp_path / "c" / "metrics.json") == a
+
+
+def test_embedding_cache_key_names_every_sample_deciding_option(tmp_path):
+    """The cache (keyed by ``repr(dm)``) is not reused for other samples: a different subset,
+    test subset, validation size, seed, class split or imbalance changes the key; the batch
+    size (which does not change eval-mode embeddings) does not."""
+    from mrl.data import FashionMNISTDataModule
+
+    base = dict(subset=500, test_subset=300, val_size=100, seed=0, batch_size=64)
+    key = repr(FashionMNISTDataModule(**base))
+    for change in (
+        {"subset": 600},
+        {"test_subset": None},
+        {"val_size": 200},
+        {"seed": 1},
+        {"train_classes": [0, 1, 2, 3, 4]},
+        {"imbalance_ratio": 10},
+        {"root": str(tmp_path)},
+    ):
+        assert repr(FashionMNISTDataModule(**{**base, **change})) != key, change
+    assert repr(FashionMNISTDataModule(**{**base, "batch_size": 32})) == key

@@ -121,11 +121,13 @@ def test_reproduce_pipeline_on_fake_imagenet(fake_imagenet, tmp_path):
         "trainer.limit_train_batches=1",
         "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1",
-        "mrl.dims=[8,16,...,64]",
+        "mrl.dims=[8,16,32]",  # 3 FF-k runs: FF-8, FF-16, FF-32 (FF-max)
         "+model.channels=[8,16,32,64]",
         "+model.stem_width=8",
-        "callbacks.mrl_eval.extra_dims=[8,16,32,64]",
+        "callbacks.mrl_eval.extra_dims=[8,16,32]",
+        "logger=csv",  # W&B logging of sweeps is tested in test_train.py
     ]
+    dims = (8, 16, 32)
     r = run_cli(
         "scripts/reproduce.py",
         "--experiment",
@@ -145,21 +147,21 @@ def test_reproduce_pipeline_on_fake_imagenet(fake_imagenet, tmp_path):
     t1 = read_csv(tmp_path / "res" / "table1_imagenet.csv")
     cells = {(row["method"], row["dim"]): row["top1"] for row in t1}
     for meth in ("MRL", "MRL-E", "FF"):
-        for m in (8, 16, 32, 64):
+        for m in dims:
             assert cells[(meth, m)] is not None and 0 <= cells[(meth, m)] <= 100, (meth, m)
     # 3 classes: from rank 3 on, SVD is the full-rank classifier, so every cell is FF-max's head
-    assert cells[("SVD", 8)] is not None and cells[("SVD", 8)] == cells[("SVD", 64)]
+    assert cells[("SVD", 8)] is not None and cells[("SVD", 8)] == cells[("SVD", 32)]
     assert cells[("Rand. LP", 8)] is not None
     # Slim. Net ran through train.py like the others (its own run dir, record and checkpoint)
     (slim,) = (tmp_path / "res" / "runs" / "table1_imagenet" / "slim").glob("[0-9]*")
     assert json.loads((slim / "run.json").read_text())["method"] == "Slim. Net"
     assert (slim / "checkpoints" / "last.ckpt").is_file()
-    assert 0 <= cells[("Slim. Net", 64)] <= 100 and 0 <= cells[("Slim. Net", 8)] <= 100
+    assert 0 <= cells[("Slim. Net", 32)] <= 100 and 0 <= cells[("Slim. Net", 8)] <= 100
     t2 = {
         (row["method"], row["dim"]): row["top1"]
         for row in read_csv(tmp_path / "res" / "table2_imagenet.csv")
     }
-    assert t2[("Rand. FS", 16)] is not None and t2[("MRL", 64)] is not None
+    assert t2[("Rand. FS", 16)] is not None and t2[("MRL", 32)] is not None
     md = (tmp_path / "res" / "table1_imagenet.md").read_text()
     assert "(66.63," in md  # the paper's value beside ours for ImageNet
     # rerun: every finished run is reused, nothing is retrained
@@ -179,7 +181,10 @@ def test_reproduce_pipeline_on_fake_imagenet(fake_imagenet, tmp_path):
         timeout=900,
     )
     assert r2.returncode == 0, r2.stderr[-3000:]
-    assert r2.stdout.count("already completed") + r2.stdout.count("reusing") >= 8, r2.stdout[-3000:]
+    # every run: MRL, MRL-E, each FF-k, Slim. Net and the baselines
+    runs = 2 + len(dims) + 1 + 1
+    reused = r2.stdout.count("already completed") + r2.stdout.count("reusing")
+    assert reused >= runs, r2.stdout[-3000:]
 
 
 def test_failed_stage_exits_nonzero_with_tables_written(tmp_path):
@@ -212,3 +217,64 @@ def test_failed_stage_exits_nonzero_with_tables_written(tmp_path):
     assert "| 8 | failed | failed |" in md  # Rand. LP and SVD come from the failed baselines
     r = run_cli("scripts/reproduce.py", "--seeds", "0,x", "--out", str(tmp_path / "r2"))
     assert r.returncode == 2 and "--seeds='0,x'" in r.stderr
+
+
+def test_reproduce_paper_adaptive_stage_on_a_trained_run(trained_run, tmp_path):
+    """The adaptive stage (Figure 6 / Table 3 analogues) on a real trained MRL run laid out as
+    a Table 1 run: the cascade at the largest budget is at least the largest fixed prefix (it
+    includes the all-largest operating point), the fixed-size column equals the heads' own
+    accuracy, and the FLOP ratio is n*d / (n*D_s + K*d)."""
+    import shutil
+    import sys
+
+    from mrl.data import FashionMNISTDataModule
+    from mrl.data.base import follow_model_transforms
+    from mrl.eval.cache import compute_embeddings, save_embeddings
+    from mrl.eval.linear import head_logits
+    from mrl.tasks.evaluate import load_module
+    from mrl_test_utils import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import reproduce_paper
+
+    run_dir, _ = trained_run
+    out = tmp_path / "results"
+    run = out / "runs" / "table1_fashion_mnist" / "mrl" / "0"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("wandb", "csv"))
+    module = load_module(run / "checkpoints" / "last.ckpt")
+    dm = FashionMNISTDataModule(subset=1000, val_size=300, test_subset=500, batch_size=250)
+    follow_model_transforms(dm, module)
+    arrays = compute_embeddings(module, dm)
+    save_embeddings(run / "embeddings", arrays, {"test": True})
+
+    rows = reproduce_paper.adaptive([0], out)
+    cls = {(r["method"], r["dim"]): r["value"] for r in rows if r["table"].startswith("top-1")}
+    dims = sorted(module.dims)
+    assert {d for _, d in cls} == set(dims)
+    logits = head_logits(module, arrays["test_x"])
+    for m in dims:
+        fixed = 100 * np.mean(logits[m].argmax(1) == arrays["test_y"])
+        assert cls[("MRL, fixed size", m)] == pytest.approx(fixed, abs=0.01)
+    assert cls[("MRL, adaptive", dims[-1])] >= cls[("MRL, fixed size", dims[-1])]
+    n, width = arrays["train_x"].shape
+    flops = {r["dim"]: r["value"] for r in rows if r["method"] == "FLOPs"}
+    for ds in reproduce_paper.SHORTLIST_DIMS:
+        assert flops[ds] == pytest.approx(n * width / (n * ds + 200 * width), abs=0.01)
+    exact = {r["value"] for r in rows if r["method"] == "exact"}
+    assert len(exact) == 1  # the same exact search at every shortlist size
+
+    spec = reproduce_paper.EXPERIMENTS["adaptive"]
+    claims = reproduce_paper.table_claims(spec, rows)
+    assert [c.a for c in claims["top-1 at expected dims <= size"]] == ["MRL, adaptive"]
+    assert [c.a for c in claims["retrieval mAP@10 (%)"]] == ["funnel"]
+    assert "retrieval speed-up vs exact (x)" not in claims
+    files = reproduce_paper.write_outputs(
+        "adaptive", rows, out, spec["columns"], spec["title"], claims, spec["notes"]
+    )
+    assert [f.name for f in files if f.is_file()] == [
+        "adaptive_fashion_mnist.csv",
+        "adaptive_fashion_mnist.md",
+        "adaptive_fashion_mnist.png",
+    ]
+    md = files[1].read_text()
+    assert "the cascade is at least as accurate" in md and "MRL, adaptive" in md

@@ -168,20 +168,22 @@ def test_verdicts_fail_and_undecided(tmp_path):
 
 
 def test_aggregate_cli(runs_root, tmp_path):
-    from mrl_test_utils import run_cli
+    from mrl_test_utils import run_cli_cases
 
-    r = run_cli(
-        "scripts/aggregate.py",
-        str(runs_root),
-        "--dims",
-        "8,16,...,32",
-        "--out",
-        str(tmp_path / "agg"),
+    script = "scripts/aggregate.py"
+    out = ["--out", str(tmp_path / "agg")]
+    results = run_cli_cases(  # both ``python scripts/aggregate.py ...`` runs in one subprocess
+        [
+            ("ok", script, [str(runs_root), "--dims", "8,16,...,32", *out], {}),
+            ("bad_dims", script, [str(runs_root), "--dims", "8,16,...,33", *out], {}),
+        ],
+        tmp_path / "driver",
     )
-    assert r.returncode == 0, r.stderr
+    r = results["ok"]
+    assert r["code"] == 0, r["stderr"]
     assert (tmp_path / "agg" / "table2_fashion_mnist.csv").is_file()
-    r = run_cli("scripts/aggregate.py", str(runs_root), "--dims", "8,16,...,33")
-    assert r.returncode == 2 and "cannot reach 33" in r.stderr
+    r = results["bad_dims"]
+    assert r["code"] == 2 and "cannot reach 33" in r["stderr"]
 
 
 def test_notebook_executes_on_results(runs_root, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mrl.tasks.train import train
-from mrl_test_utils import ROOT, run_cli
+from mrl_test_utils import ROOT, run_cli, run_cli_cases
 
 FAST = ("debug=fast_dev_run", "data.batch_size=8", "data.subset=64", "data.val_size=16")
 
@@ -50,42 +50,57 @@ def test_ff_k_reads_only_first_k(cfg_factory):
     assert run["method"] == "FF-32" and run["dims"] == [32]
 
 
-def test_cli_vit_with_projection_to_2048(tmp_path):
-    r = run_cli(
-        "train.py",
-        "model=vit_b16",
-        "mrl.dims=[8,16,...,2048]",
-        *FAST,
-        f"hydra.run.dir={tmp_path}/vit",
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "adding a linear projection 768 -> 2048" in r.stdout + r.stderr
-    metrics = json.loads((tmp_path / "vit" / "metrics.json").read_text())
+VIT_2048 = ["model=vit_b16", "mrl.dims=[8,16,...,2048]", *FAST]
+
+
+def test_cli_vit_with_projection_to_2048(cli_results):
+    r = cli_results["vit_2048"]
+    assert r["code"] == 0, r["stderr"][-3000:]
+    assert "adding a linear projection 768 -> 2048" in r["stdout"] + r["stderr"]
+    vit = cli_results["vit_2048_dir"]
+    metrics = json.loads((vit / "metrics.json").read_text())
     assert {f"test/top1@d{m}" for m in (8, 16, 32, 64, 128, 256, 512, 1024, 2048)} <= set(metrics)
-    assert (tmp_path / "vit" / ".hydra" / "config.yaml").is_file()
+    assert (vit / ".hydra" / "config.yaml").is_file()
 
 
-@pytest.mark.parametrize(
-    "override, fragment",
-    [
-        ("mrl.dims=[8,16,...,100]", "cannot reach 100"),
-        ("mrl.dims=[]", "is empty"),
-        ("mrl.dims=[16,8]", "strictly increasing"),
-        ("mrl.dims=[8,8,16]", "duplicate"),
-        ("mrl.dims=[0,8]", "not a positive"),
-        ("mrl.weights=[1,2]", "one weight per dim"),
-        ("model.name=resnet_does_not_exist", "is not a timm model"),
-        ("optim.lr=-1", "optim.lr=-1"),
-        ("trainer.max_epochs=0", "trainer.max_epochs=0"),
-        ("data.batch_size=0", "batch_size"),
-    ],
-)
-def test_cli_bad_input_is_one_line_error(tmp_path, override, fragment):
-    r = run_cli("train.py", override, "logger=csv", f"hydra.run.dir={tmp_path}/bad")
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and fragment in lines[0], r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
+BAD_INPUTS = [
+    ("mrl.dims=[8,16,...,100]", "cannot reach 100"),
+    ("mrl.dims=[]", "is empty"),
+    ("mrl.dims=[16,8]", "strictly increasing"),
+    ("mrl.dims=[8,8,16]", "duplicate"),
+    ("mrl.dims=[0,8]", "not a positive"),
+    ("mrl.weights=[1,2]", "one weight per dim"),
+    ("model.name=resnet_does_not_exist", "is not a timm model"),
+    ("optim.lr=-1", "optim.lr=-1"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0"),
+    ("data.batch_size=0", "batch_size"),
+]
+
+
+def _assert_one_line_error(code: int, stderr: str, fragment: str) -> None:
+    assert code == 2, (code, stderr[-2000:])
+    lines = [ln for ln in stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0], stderr[-2000:]
+    assert "Traceback" not in stderr
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory):
+    """``python train.py <args>`` for the CLI cases of this module (every bad input and the
+    ViT run), one after another in one subprocess (``run_cli_cases``)."""
+    tmp = tmp_path_factory.mktemp("train_cli")
+    cases = [
+        (o, "train.py", [o, "logger=csv", f"hydra.run.dir={tmp}/bad{i}"], {})
+        for i, (o, _) in enumerate(BAD_INPUTS)
+    ]
+    cases.append(("vit_2048", "train.py", [*VIT_2048, f"hydra.run.dir={tmp}/vit"], {}))
+    return {**run_cli_cases(cases, tmp / "driver"), "vit_2048_dir": tmp / "vit"}
+
+
+@pytest.mark.parametrize("override, fragment", BAD_INPUTS)
+def test_cli_bad_input_is_one_line_error(cli_results, override, fragment):
+    r = cli_results[override]
+    _assert_one_line_error(r["code"], r["stderr"], fragment)
 
 
 def test_multirun_default_sweep_dir_jobs_wandb_runs_and_summary(tmp_path):
@@ -136,6 +151,6 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
     out = tmp_path / "keep"
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "last.ckpt").write_bytes(b"precious")
-    r = run_cli("train.py", *FAST, f"hydra.run.dir={out}")
-    assert r.returncode == 2 and "ckpt_path=last" in r.stderr
+    r = run_cli("train.py", *FAST, f"hydra.run.dir={out}")  # its own ``python train.py``
+    _assert_one_line_error(r.returncode, r.stderr, "ckpt_path=last")
     assert (out / "checkpoints" / "last.ckpt").read_bytes() == b"precious"

@@ -370,9 +370,14 @@ class MRLDataModule(pl.LightningDataModule):
         return take_subset(np.arange(n_test), self.test_subset, self.seed, 2)
 
     def __repr__(self) -> str:
+        """Names every option that decides which samples each split holds (the embedding
+        cache is keyed by it), and the shapes."""
         return (
             f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "
-            f"in_chans={self.in_chans}, img_size={self.img_size}, batch_size={self.batch_size})"
+            f"in_chans={self.in_chans}, img_size={self.img_size}, "
+            f"root={str(getattr(self, 'root', None))!r}, subset={self.subset}, "
+            f"val_size={self.val_size}, test_subset={self.test_subset}, seed={self.seed}, "
+            f"train_classes={self.train_classes}, imbalance_ratio={self.imbalance_ratio})"
         )
 
 
