@@ -295,7 +295,10 @@ def adaptive(seeds: list[int], out: Path) -> list[dict]:
         for m in dims:
             fixed = float(np.mean(test[m].argmax(1) == arr["test_y"]))
             within = [pt["top1"] for pt in curve if pt["expected_dim"] <= m]
-            for method, v in (("MRL, fixed size", fixed), ("MRL, adaptive", max(within or [0]))):
+            cells = [("MRL, fixed size", fixed)]
+            if within:  # else no operating point fits this budget: the cell stays empty
+                cells.append(("MRL, adaptive", max(within)))
+            for method, v in cells:
                 rows.append(
                     {
                         "table": "top-1 at expected dims <= size",
@@ -305,6 +308,17 @@ def adaptive(seeds: list[int], out: Path) -> list[dict]:
                         "value": pct(v),
                     }
                 )
+        full = float(np.mean(test[dims[-1]].argmax(1) == arr["test_y"]))
+        match = next(pt for pt in curve if pt["top1"] >= full - 0.005)
+        rows.append(
+            {
+                "table": "expected dims to reach the largest size's top-1 (-0.5 points)",
+                "method": "MRL, adaptive",
+                "dim": dims[-1],
+                "seed": seed,
+                "value": round(match["expected_dim"], 1),
+            }
+        )
         width = int(arr["train_x"].shape[1])
         for ds in SHORTLIST_DIMS:
             r = adaptive_retrieval(
@@ -479,13 +493,18 @@ EXPERIMENTS: dict[str, dict] = {
                 ">=",
             ),
         ],
-        "judged": lambda r: "speed-up" not in r["table"],
+        "judged": lambda r: "mAP" in r["table"] or r["table"].startswith("top-1"),
         "notes": [
             "Classification: thresholds learnt on the 1,000 validation images; `dim` is the "
-            "budget in expected dims (mean answering prefix over the test set).",
+            "budget in expected dims (mean answering prefix over the test set); an empty "
+            "adaptive cell: no operating point of that seed fits the budget. 'Expected dims to "
+            "reach': the smallest expected dims whose top-1 is within 0.5 points of the "
+            "largest fixed size (the paper's Figure 6 reading).",
             "Retrieval: database = the 20,000 training images, queries = the 10,000 test "
             "images; `dim` is the shortlist size D_s (K = 200), reranked at the full width; "
-            "wall-clock: median of 3 interleaved runs in one process (FAISS exact search).",
+            "wall-clock: median of 3 interleaved runs in one process (FAISS exact search). At "
+            "20,000 database vectors exact search is one BLAS product, cheaper than the "
+            "funnel's gather and rerank; `make bench` (adaptive_1m) measures 1M vectors.",
         ],
     },
     "novel": {
