@@ -48,6 +48,23 @@ def test_ff_k_reads_only_first_k(cfg_factory):
     train(cfg)
     run = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())
     assert run["method"] == "FF-32" and run["dims"] == [32]
+    # the behaviour: features beyond k change nothing and get no gradient; one below k does
+    import torch
+
+    from mrl.tasks.train import build_datamodule, build_module
+
+    module = build_module(cfg, build_datamodule(cfg))  # the module this config trains
+    head = module.net.head
+    z = torch.randn(16, module.net.embed_dim, requires_grad=True)
+    base = head(z)
+    assert list(base) == [32]
+    beyond, below = z.detach().clone(), z.detach().clone()
+    beyond[:, 32:] += 10.0 * torch.randn_like(beyond[:, 32:])
+    below[:, 31] += 10.0
+    assert torch.equal(head(beyond)[32], base[32].detach())
+    assert not torch.allclose(head(below)[32], base[32].detach())
+    base[32].sum().backward()
+    assert z.grad[:, 32:].abs().max() == 0 and z.grad[:, :32].abs().max() > 0
 
 
 VIT_2048 = ["model=vit_b16", "mrl.dims=[8,16,...,2048]", *FAST]
