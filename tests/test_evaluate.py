@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from mrl import MRLError
 from mrl.eval.cache import load_embeddings
@@ -59,6 +60,35 @@ def test_every_evaluator_writes_every_prefix(evaluated):
         assert 0.0 <= metrics[k] <= 1.0
     assert 8 <= metrics["adaptive_cls/expected_dim"] <= 512
     assert metrics["adaptive_ret/flops_ratio"] > 1
+
+    # exact values against references written here with plain numpy loops, on the cache
+    arr = load_embeddings(out / "embeddings")
+    tx, ty = np.asarray(arr["train_x"], np.float64), arr["train_y"]
+    qx, qy = np.asarray(arr["test_x"], np.float64), arr["test_y"]
+    module = load_module(json.loads((out / "run.json").read_text())["ckpt"])
+    for m in (8, 12, 512):
+        db = tx[:, :m] / np.linalg.norm(tx[:, :m], axis=1, keepdims=True)
+        q = qx[:, :m] / np.linalg.norm(qx[:, :m], axis=1, keepdims=True)
+        order = np.argsort(-(q @ db.T), axis=1, kind="stable")[:, :10]
+        # float64 here, float32 in the search: a near-tie may reorder one query's list,
+        # so each metric may differ by one query's share (1/n); a wrong convention (mAP
+        # divided by the hits, recall by k) moves them by far more
+        tol = 1.0 / len(qy)
+        assert metrics[f"knn/top1@d{m}"] == pytest.approx(np.mean(ty[order[:, 0]] == qy), abs=tol)
+        p10, ap10, r10 = [], [], []
+        for i in range(len(qy)):
+            rel = [int(ty[j] == qy[i]) for j in order[i]]
+            p10.append(sum(rel) / 10)
+            ap10.append(sum(sum(rel[: j + 1]) / (j + 1) for j in range(10) if rel[j]) / 10)
+            r10.append(sum(rel) / np.sum(ty == qy[i]))
+        assert metrics[f"retrieval/P@10@d{m}"] == pytest.approx(np.mean(p10), abs=tol)
+        assert metrics[f"retrieval/mAP@10@d{m}"] == pytest.approx(np.mean(ap10), abs=tol)
+        assert metrics[f"retrieval/R@10@d{m}"] == pytest.approx(np.mean(r10), abs=tol)
+    with torch.no_grad():
+        logits = module.net.head(torch.from_numpy(np.asarray(arr["test_x"])))
+    for m in DIMS:
+        acc = float((logits[m].argmax(1).numpy() == qy).mean())
+        assert metrics[f"linear/top1@d{m}"] == pytest.approx(acc, abs=1e-6)
 
 
 @pytest.mark.slow
