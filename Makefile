@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test test-readme test-fast lint format reproduce-table1 reproduce-paper \
+.PHONY: help setup data test test-readme test-multiprocess test-all test-fast lint format reproduce-table1 reproduce-paper \
 	reproduce-interpolation reproduce-robustness reproduce-adaptive reproduce-novel reproduce-longtail train aggregate clean-logs
 
 help: ## list every target
@@ -29,14 +29,19 @@ data: ## install the embedded Fashion-MNIST (Debian's dataset-fashion-mnist) whe
 	  && echo "installed dataset-fashion-mnist"; \
 	else echo "dataset-fashion-mnist not installed: torchvision will download Fashion-MNIST"; fi
 
-test: setup ## run the whole test suite (unit + integration on real data; not the README replay)
-	$(PY) -m pytest -q -m "not readme"
+test: setup ## the test suite (unit + integration on real data; not the README replay, not multi-process)
+	$(PY) -m pytest -q -m "not readme and not multiprocess"
+
+test-multiprocess: setup ## DDP on 2 CPU processes, submitit sweeps, pre-emption + requeue (~7 min)
+	$(PY) -m pytest -q -m multiprocess
+
+test-all: test test-multiprocess test-readme ## all three, as CI runs them
 
 test-readme: setup ## run every command of README.md as written (small sizes; a few minutes)
 	$(PY) -m pytest -q -m readme
 
 test-fast: $(STAMP) ## unit tests only (no training runs)
-	$(PY) -m pytest -q -m "not slow and not readme"
+	$(PY) -m pytest -q -m "not slow and not readme and not multiprocess"
 
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -19,7 +19,7 @@ import pytest
 
 from mrl_test_utils import ROOT, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]  # make test-multiprocess
 
 TINY = [
     "data.subset=384",

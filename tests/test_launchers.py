@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from mrl_test_utils import ROOT, run_cli
@@ -25,6 +26,7 @@ TINY = [
 ]
 
 
+@pytest.mark.multiprocess
 def test_submitit_local_sweep_two_jobs(tmp_path):
     r = run_cli(
         str(ROOT / "train.py"),
@@ -102,6 +104,7 @@ def _submitit_task_pid(folder) -> int | None:
     return None
 
 
+@pytest.mark.multiprocess
 def test_submitit_local_preemption_checkpoints_requeues_and_resumes(tmp_path):
     """SIGUSR2 (what SLURM sends before pre-empting or timing out a submitit job) mid-training:
     last.ckpt is written at the end of that step, submitit requeues the job, and with
