@@ -117,7 +117,10 @@ def eval_task(cfg: DictConfig) -> dict[str, float]:
     """
     run = RunDir(cfg.paths.output_dir)
     devices = integer(
-        cfg.get("devices", 1), "devices", min=1, hint="processes for the embedding pass"
+        cfg.get("devices", 1),
+        "devices",
+        min=1,
+        hint="(the number of processes of the embedding pass)",
     )
     run.path.mkdir(parents=True, exist_ok=True)
     evaluators = build_evaluators(OmegaConf.to_container(cfg.get("eval") or {}, resolve=False))
