@@ -274,7 +274,11 @@ def adaptive(seeds: list[int], out: Path) -> list[dict]:
       at D_s in 8..64 reranked at the full width, against exact search at the full width:
       mAP@10, the theoretical FLOP ratio and the measured speed-up (median of 3, same process).
     """
-    from mrl.eval.adaptive import adaptive_classification_curve, adaptive_retrieval
+    from mrl.eval.adaptive import (
+        adaptive_classification,
+        adaptive_classification_curve,
+        adaptive_retrieval,
+    )
     from mrl.eval.cache import load_embeddings
     from mrl.eval.linear import head_logits
     from mrl.run.layout import RunDir
@@ -308,15 +312,14 @@ def adaptive(seeds: list[int], out: Path) -> list[dict]:
                         "value": pct(v),
                     }
                 )
-        full = float(np.mean(test[dims[-1]].argmax(1) == arr["test_y"]))
-        match = next(pt for pt in curve if pt["top1"] >= full - 0.005)
+        headline = adaptive_classification(val, arr["val_y"], test, arr["test_y"])
         rows.append(
             {
                 "table": "expected dims to reach the largest size's top-1 (-0.5 points)",
                 "method": "MRL, adaptive",
                 "dim": dims[-1],
                 "seed": seed,
-                "value": round(match["expected_dim"], 1),
+                "value": round(headline["adaptive_cls/dim_to_match"], 1),
             }
         )
         width = int(arr["train_x"].shape[1])

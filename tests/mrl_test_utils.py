@@ -94,3 +94,17 @@ def run_cli_cases(cases: list[tuple], tmp: Path, timeout: int = 900) -> dict[str
     r = run_cli("-c", _DRIVER, str(tmp / "cases.json"), str(tmp / "out.json"), timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads((tmp / "out.json").read_text())
+
+
+def wait_for_file(proc, pattern: str, folder: Path, log: Path, timeout: float = 400) -> Path:
+    """Poll until a file matching ``folder.glob(pattern)`` exists while ``proc`` (a Popen whose
+    output goes to ``log``) keeps running; returns the file. Fails naming the log's tail if the
+    process exits first or nothing appears within ``timeout`` seconds."""
+    import time
+
+    deadline = time.time() + timeout
+    while not (found := sorted(Path(folder).glob(pattern))):
+        assert proc.poll() is None, Path(log).read_text()[-3000:]
+        assert time.time() < deadline, f"no {pattern} under {folder} after {timeout} s"
+        time.sleep(0.05)
+    return found[0]

@@ -12,12 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from mrl_test_utils import ROOT, run_cli
+from mrl_test_utils import ROOT, run_cli, wait_for_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]  # make test-multiprocess
 
@@ -111,7 +110,6 @@ def test_ddp_cpu_resume_after_sigkill_and_one_line_errors(tmp_path):
         "callbacks.last_checkpoint.every_n_train_steps=1",
         f"hydra.run.dir={out}",
     ]
-    last = out / "checkpoints" / "last.ckpt"
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(
             [sys.executable, *args],
@@ -121,11 +119,7 @@ def test_ddp_cpu_resume_after_sigkill_and_one_line_errors(tmp_path):
             start_new_session=True,  # kill the launcher and its workers, as a scheduler does
         )
         try:
-            deadline = time.time() + 400
-            while not last.exists():
-                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-                assert time.time() < deadline, "no last.ckpt"
-                time.sleep(0.05)
+            wait_for_file(proc, "checkpoints/last.ckpt", out, tmp_path / "first.log")
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

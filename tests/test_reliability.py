@@ -32,7 +32,7 @@ from mrl.run.checkpoints import AtomicCheckpointIO, remove_stale_temp_files
 from mrl.run.files import update_metrics_json
 from mrl.run.resume import LastCheckpoint
 from mrl.tasks.train import build_trainer, train
-from mrl_test_utils import CONF, ROOT, compose_cfg, run_cli
+from mrl_test_utils import CONF, ROOT, compose_cfg, run_cli, wait_for_file
 
 TINY = (
     "model=timm",
@@ -123,7 +123,6 @@ def test_sigkill_mid_epoch_then_resume_finishes_one_wandb_run_and_no_secret(tmp_
     ]
     secret = "secret-123-never-log"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": secret, "WANDB_SILENT": "true"}
-    last = out / "checkpoints" / "last.ckpt"
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(
             [sys.executable, *args],
@@ -134,11 +133,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_one_wandb_run_and_no_secret(tmp_
             start_new_session=True,  # its own process group: W&B's service dies with it
         )
         try:
-            deadline = time.time() + 400
-            while not last.exists():
-                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-                assert time.time() < deadline, "no last.ckpt"
-                time.sleep(0.05)
+            wait_for_file(proc, "checkpoints/last.ckpt", out, tmp_path / "first.log")
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -97,11 +97,11 @@ def _data_config(cfg: DictConfig, ckpt: Path) -> dict[str, Any]:
 
 def _eval_worker(rank: int, args: tuple) -> None:
     """One of ``devices`` processes: embed this rank's shard; rank 0 evaluates and writes."""
-    ckpt, data_cfg, evaluators, out, device_type, logger_cfg, kwargs = args
+    ckpt, data_cfg, evaluators, out, device_type, logger_cfg, wandb_name, kwargs = args
     module = load_module(ckpt)
     dm = instantiate(data_cfg)
     device = torch.device(f"cuda:{rank}" if device_type == "cuda" else "cpu")
-    loggers = instantiate_all(logger_cfg) if rank == 0 else []
+    loggers = instantiate_all(logger_cfg, wandb=wandb_name) if rank == 0 else []
     try:
         evaluate_run(module, dm, evaluators, out, device=device, loggers=loggers, **kwargs)
     finally:
@@ -146,7 +146,6 @@ def eval_task(cfg: DictConfig) -> dict[str, float]:
             module = load_module(ckpt)
             data_cfg = _data_config(cfg, ckpt)
             dm = instantiate(data_cfg)
-            match_data(module, dm)  # one-line errors before any process starts
             record.update(method=module.method, dims=module.dims, ckpt=str(ckpt))
             device = _device(str(cfg.get("device", "auto")))
             kwargs = dict(
@@ -160,12 +159,22 @@ def eval_task(cfg: DictConfig) -> dict[str, float]:
             logger_cfg = OmegaConf.to_container(cfg.get("logger") or {}, resolve=True)
             wandb_name = {"name": cfg.get("run_name") or f"eval-{module.method}"}
             if devices > 1:
+                match_data(module, dm)  # one-line errors before any process starts
                 record.update(processes=devices)
                 backend = "nccl" if device.type == "cuda" else "gloo"
                 spawn(
                     _eval_worker,
                     devices,
-                    (ckpt, data_cfg, evaluators, run.path, device.type, logger_cfg, kwargs),
+                    (
+                        ckpt,
+                        data_cfg,
+                        evaluators,
+                        run.path,
+                        device.type,
+                        logger_cfg,
+                        wandb_name,
+                        kwargs,
+                    ),
                     backend=backend,
                 )
                 return read_record(run.metrics)
