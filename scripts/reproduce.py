@@ -162,7 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     out = (ROOT / a.out) if not Path(a.out).is_absolute() else Path(a.out)
     runs = out / "runs" / a.experiment
-    cfg = compose(a.experiment, runs / "probe", a.overrides)
+    try:
+        cfg = compose(a.experiment, runs / "probe", a.overrides)
+    except Exception as e:  # noqa: BLE001 - a bad experiment name or override: one line
+        from mrl.cli import user_message
+
+        message = user_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     dims = parse_dims(list(cfg.mrl.dims) if not isinstance(cfg.mrl.dims, str) else cfg.mrl.dims)
     print(f"Reproducing Table 1/2 ({a.experiment}): dims {dims}, seeds {seeds}; runs in {runs}")
     seed_arg = "seed=" + ",".join(map(str, seeds))

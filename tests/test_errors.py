@@ -9,7 +9,7 @@ tracebacks back (last test).
 |---|---|---|
 | 1 | ``mrl.dims=[16,8]`` | mrl.dims=[16, 8]: dims must be strictly increasing, e.g. [8, 16] |
 | 2 | ``mrl.dims=[8,16,...,100]`` | mrl.dims=[8, 16, '...', 100]: '...' (x2 from 8, 16) cannot reach 100; it gives 64, 128: make the last item one of those steps |
-| 3 | ``mrl.dims=[8,16`` (does not parse) | cannot parse the override 'mrl.dims=[8,16': no viable alternative at input '[8,16'; write key=value, lists as key=[a,b] (quote the whole argument in the shell) |
+| 3 | ``mrl.dims=[8,16`` (does not parse) | cannot parse the override 'mrl.dims=[8,16': no viable alternative at input '[8,16'; write key=value, lists as key=[a,b]; quote the whole argument for the shell and a value with spaces or special characters for Hydra: 'data.root="/path with space"' |
 | 4 | ``mrl.weights=[1,2]`` | mrl.weights=[1, 2]: has 2 values but dims [8, 16, 32, 64, 128, 256, 512] has 7; give one weight per dim |
 | 5 | ``mrl.weights=[1,1,1,1,1,1,-1]`` | mrl.weights=[1, 1, 1, 1, 1, 1, -1]: -1 must be a finite number >= 0 |
 | 6 | ``method=ff mrl.ff_dim=0`` | mrl.ff_dim=0 must be a positive integer or 'max' |

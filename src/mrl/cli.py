@@ -19,6 +19,9 @@ also swaps Hydra's ``run_and_report`` (``hydra._internal.utils``, which prints c
 run-dir errors over several lines before the task starts) for :func:`_run_and_report`, which
 prints one line for the errors above and defers to Hydra's for the rest.
 
+A run stopped by SIGTERM (a scheduler, ``kill``) prints one line saying where it stopped and
+how to resume, and exits with status 143 (:class:`~mrl.core.errors.Terminated`).
+
 Multirun: a failing job is recorded (``status: failed`` in its run dir's ``run.json``, written
 by the task) and Hydra goes on with the other jobs; at the end the sweep exits with status 2 and
 one line naming every failed job, e.g. ``error: 1 of 2 multirun jobs failed (see run.json in
@@ -115,7 +118,8 @@ def user_message(exc: BaseException) -> str | None:
     if getattr(exc, "override", None) and HydraException and isinstance(exc, HydraException):
         return (
             f"cannot parse the override {exc.override!r}: {one_line(str(exc))}; write "  # type: ignore[attr-defined]
-            "key=value, lists as key=[a,b] (quote the whole argument in the shell)"
+            "key=value, lists as key=[a,b]; quote the whole argument for the shell and a value "
+            "with spaces or special characters for Hydra: 'data.root=\"/path with space\"'"
         )
     if HydraException and isinstance(exc, HydraException):
         cur: BaseException | None = exc  # an MRLError wrapped by hydra.utils.instantiate
@@ -193,9 +197,9 @@ def _is_multirun() -> bool:
     return _job_context()[0]
 
 
-def _die(message: str) -> None:
+def _die(message: str, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def _reraise(exc: BaseException) -> Any:
@@ -253,7 +257,7 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             if message is None or _full_error():
                 raise
-            _die(message)
+            _die(message, getattr(e, "exit_code", 2))
         if multirun:
             SWEEP_JOBS.append({"num": num, "overrides": overrides, "error": None})
         return result

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mrl.core.errors import MRLError
 from mrl.data import ImageFolderDataModule, ImageNetDataModule
@@ -122,11 +125,13 @@ def test_skip_corrupt_counts(flat_folder, num_workers):
 def test_all_corrupt_batch_is_empty(tmp_path):
     save_images(tmp_path / "a", 2)
     (tmp_path / "a" / "zz.jpg").write_bytes(b"junk")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "zz.jpg").write_bytes(b"junk")
     dm = ImageFolderDataModule(
         tmp_path, img_size=8, split=(1.0, 0.0, 0.0), batch_size=1, skip_corrupt=True
     )
     shapes = [tuple(x.shape) for x, _ in dm.train_eval_dataloader()]
-    assert shapes == [(1, 3, 8, 8), (1, 3, 8, 8), (0, 3, 8, 8)]
+    assert shapes == [(1, 3, 8, 8), (1, 3, 8, 8), (0, 3, 8, 8), (0, 3, 8, 8)]
 
 
 def test_imagenet(split_folder):
@@ -212,3 +217,70 @@ def test_bad_data_config(split_folder):
         dm.set_data_config({"mean": (0.5,)})
     with pytest.raises(MRLError, match="input_size"):
         dm.set_data_config({"input_size": (3, 0, 224)})
+
+
+# ----------------------------------------------------------------------------- links and modes
+def test_symlink_loops_and_links_into_the_tree_add_nothing(flat_folder, tmp_path):
+    plain = ImageFolderDataModule(flat_folder, img_size=20, split=[0.5, 0.25, 0.25])
+    plain.setup()
+    before = {k: plain._indices[k][1].tolist() for k in ("train", "val", "test")}
+    n_files = sum(len(s) for s, _ in plain._sources.values())
+    (flat_folder / "cat" / "loop").symlink_to(flat_folder, target_is_directory=True)
+    (flat_folder / "dog" / "to_cat").symlink_to(flat_folder / "cat", target_is_directory=True)
+    (flat_folder / "eel" / "same.png").symlink_to(flat_folder / "eel" / "img0.png")
+    outside = tmp_path / "elsewhere"  # a folder kept outside the tree is followed
+    save_images(outside, 2, seed=9)
+    (flat_folder / "eel" / "more").symlink_to(outside, target_is_directory=True)
+    dm = ImageFolderDataModule(flat_folder, img_size=20, split=[0.5, 0.25, 0.25])
+    dm.setup()
+    samples = dm._sources["train"][0]
+    assert len(samples) == n_files + 2  # only the two images outside the tree were added
+    reals = [str(Path(p).resolve()) for p, _ in samples]
+    assert len(set(reals)) == len(reals)
+    by_class = Counter(t for _, t in samples)
+    assert by_class == {0: 6, 1: 6, 2: 8}
+    assert before["test"]  # the same folder without links still splits as it did
+
+
+def _mode_images(folder: Path) -> dict[str, tuple[Image.Image, float]]:
+    """name -> (image, expected mean of its 8-bit greyscale)."""
+    ramp16 = np.linspace(0, 65535, 20 * 24).reshape(20, 24).astype(np.uint16)
+    grey = np.linspace(0, 255, 20 * 24).reshape(20, 24).astype(np.uint8)
+    rgb = np.stack([grey] * 3, axis=-1)
+    return {
+        "grey8": (Image.fromarray(grey), grey.mean()),
+        "grey16": (Image.fromarray(ramp16), (ramp16 / 257.0).mean()),
+        "rgb": (Image.fromarray(rgb), grey.mean()),
+        "rgba": (Image.fromarray(np.dstack([rgb, grey])), grey.mean()),
+        "palette": (Image.fromarray(rgb).convert("P"), None),
+        "cmyk": (Image.fromarray(rgb).convert("CMYK"), None),
+    }
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_8_and_16_bit_palette_rgba_grey_and_cmyk_images_keep_their_range(tmp_path, in_chans):
+    from mrl.data.imagefolder import to_mode
+
+    for name, (img, mean) in _mode_images(tmp_path).items():
+        ext = "tiff" if name == "cmyk" else "png"
+        path = tmp_path / f"{name}.{ext}"
+        img.save(path)
+        with Image.open(path) as reopened:
+            assert reopened.mode == img.mode or name == "grey16", (name, reopened.mode)
+            out = to_mode(reopened, "L" if in_chans == 1 else "RGB")
+        arr = np.asarray(out, dtype=np.float64)
+        assert arr.std() > 50, name  # a ramp, not a saturated (all-white) image
+        if mean is not None:
+            assert abs(arr.mean() - mean) < 1.0, (name, arr.mean(), mean)
+
+
+def test_img_size_auto_follows_the_images(flat_folder, tmp_path):
+    dm = ImageFolderDataModule(flat_folder, img_size="auto")
+    assert dm.img_size == 24  # save_images writes 20 x 24 images
+    big = tmp_path / "big"
+    for c in CLASSES[:2]:
+        (big / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(big / c / "a.png")
+    assert ImageFolderDataModule(big, img_size="auto").img_size == 224  # capped
+    with pytest.raises(MRLError, match="img_size='big' is invalid; use an integer >= 1 or auto"):
+        ImageFolderDataModule(flat_folder, img_size="big")

@@ -35,6 +35,7 @@ Class splits (the paper's novel-class and long-tail experiments; datasets with l
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,6 +47,8 @@ from torch.utils.data import DataLoader, Dataset
 from mrl.core.errors import MRLError
 from mrl.core.validate import is_int, is_number
 from mrl.run.distributed import shard_sampler
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test", "train_eval")
 
@@ -291,12 +294,23 @@ class MRLDataModule(pl.LightningDataModule):
             raise MRLError(f"{self.name} has no {split} split")
         # evaluation splits under DDP: an unpadded shard per rank (every sample counted once)
         sampler = None if shuffle else shard_sampler(ds)
+        # a training batch of one sample cannot train BatchNorm ("Expected more than 1 value
+        # per channel"): drop that last single sample of each epoch (it is reshuffled in the next)
+        drop_last = shuffle and len(ds) % batch_size == 1 and len(ds) > 1
+        if drop_last:
+            log.info(
+                "%s: %d training samples with batch size %d leave a last batch of 1, which "
+                "BatchNorm cannot train on; it is dropped each epoch",
+                self.name,
+                len(ds),
+                batch_size,
+            )
         return DataLoader(
             ds,
             batch_size=batch_size,
             shuffle=shuffle,
             sampler=sampler,
-            drop_last=False,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

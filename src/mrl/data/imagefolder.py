@@ -29,6 +29,7 @@ image is unreadable comes out empty (``[0, C, H, W]``).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from collections.abc import Sequence
@@ -40,16 +41,112 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from mrl.core.errors import MRLError
 from mrl.core.validate import is_int
-from mrl.data.base import MRLDataModule, channel_stats, check_int, fraction_ok, take_subset
+from mrl.data.base import MRLDataModule, channel_stats, fraction_ok, take_subset
 
 __all__ = ["ImageFolderDataModule", "ImageNetDataModule"]
 
+log = logging.getLogger(__name__)
+
 _READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def to_mode(img: Image.Image, mode: str) -> Image.Image:
+    """``img`` in ``mode`` ("RGB" or "L") with its full range kept: 16- and 32-bit integer
+    greyscale (PNG ``I;16``, ``I``) is scaled by its bit depth to 8 bits (PIL's own ``convert``
+    clips it, turning almost every pixel white); float images (``F``) in [0, 1] are scaled by
+    255. Palette, RGBA (alpha dropped), CMYK, LA and 1-bit images use PIL's conversion."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) <= 65535 else 2**32 - 1
+        arr = np.clip(arr, 0, top) * (255.0 / top)
+        img = Image.fromarray(np.round(arr).astype(np.uint8))
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        img = Image.fromarray(np.clip(np.round(arr * scale), 0, 255).astype(np.uint8))
+    return img.convert(mode)
+
+
+def _list_images(
+    directory: Path, class_to_idx: dict[str, int], root: Path, seen_files: set[str]
+) -> list[tuple[str, int]]:
+    """``(path, class index)`` of every image under ``directory/<class>/``, in torchvision's
+    ``ImageFolder`` order (class, then folder path, then file name).
+
+    Symbolic links: a linked folder is followed only when it leads outside ``root`` (data kept
+    on another disk) and was not visited before, so a link back into the tree (a loop, or a
+    link to another class or split) adds nothing; a file reached twice (two links to one
+    image, in any split: ``seen_files`` holds the real paths already listed) is listed once."""
+    root_real = os.path.realpath(root)
+    seen_dirs: set[str] = set()
+    out: list[tuple[str, int]] = []
+    for cls in sorted(class_to_idx):
+        top = directory / cls
+        if not top.is_dir():
+            continue
+        found: list[tuple[str, str]] = []
+        for here, dirs, files in os.walk(top, followlinks=True):
+            real_here = os.path.realpath(here)
+            if real_here in seen_dirs:
+                dirs[:] = []
+                continue
+            seen_dirs.add(real_here)
+            keep = []
+            for d in sorted(dirs):
+                full = os.path.join(here, d)
+                if os.path.islink(full):
+                    target = os.path.realpath(full)
+                    inside = os.path.commonpath([target, root_real]) == root_real
+                    ancestor = os.path.commonpath([target, real_here]) == target
+                    if inside or ancestor or target in seen_dirs:
+                        continue
+                keep.append(d)
+            dirs[:] = keep
+            for name in sorted(files):
+                path = os.path.join(here, name)
+                if not has_file_allowed_extension(name, IMG_EXTENSIONS):
+                    continue
+                real = os.path.realpath(path)
+                if real in seen_files or not os.path.isfile(real):
+                    continue
+                seen_files.add(real)
+                found.append((here, name))
+        out.extend((os.path.join(h, n), class_to_idx[cls]) for h, n in sorted(found))
+    return out
+
+
+AUTO_MAX_SIZE = 224
+
+
+def infer_img_size(train_path: Path, classes: Sequence[str], per_class: int = 4) -> int:
+    """``img_size: auto``: the larger side of the biggest of a few training images (the first
+    ``per_class`` of each class, headers only), capped at 224, so a folder of 28-pixel digits
+    trains at 28 px instead of being upscaled to 224."""
+    sizes = []
+    for cls in classes:
+        names = sorted(
+            e.name
+            for e in os.scandir(train_path / cls)
+            if e.is_file() and has_file_allowed_extension(e.name, IMG_EXTENSIONS)
+        )[:per_class]
+        for name in names:
+            try:
+                with Image.open(train_path / cls / name) as img:
+                    sizes.append(max(img.size))
+            except _READ_ERRORS:
+                continue
+    size = min(max(sizes), AUTO_MAX_SIZE) if sizes else AUTO_MAX_SIZE
+    log.info(
+        "data.img_size=auto: %d px (largest side of %d sampled training images, at most %d)",
+        size,
+        len(sizes),
+        AUTO_MAX_SIZE,
+    )
+    return size
 
 
 def _class_dirs(directory: Path) -> list[str]:
@@ -101,8 +198,7 @@ class _ImageDataset(Dataset):
         """Open ``path`` as a PIL image in ``mode``; unreadable files raise MRLError."""
         try:
             with open(path, "rb") as f:
-                img = Image.open(f)
-                return img.convert(self.mode)  # forces the full decode
+                return to_mode(Image.open(f), self.mode)  # forces the full decode
         except _READ_ERRORS as e:
             raise MRLError(
                 f"cannot read image {path} ({type(e).__name__}: {e}); fix or delete it, or set "
@@ -180,7 +276,8 @@ class ImageFolderDataModule(MRLDataModule):
 
     Args:
         root: the dataset folder.
-        img_size: input size before a data config is set (the config's size wins).
+        img_size: input size before a data config is set (the config's size wins); ``auto``:
+            from the images (:func:`infer_img_size`).
         in_chans: 3 (RGB) or 1 (grayscale).
         train_dir, val_dir: subfolder names of the split layout.
         test_dir: test subfolder; None uses ``root/test`` when present, else the val folder.
@@ -194,7 +291,7 @@ class ImageFolderDataModule(MRLDataModule):
     def __init__(
         self,
         root: str | os.PathLike,
-        img_size: int = 224,
+        img_size: int | str = 224,
         in_chans: int = 3,
         train_dir: str = "train",
         val_dir: str | None = "val",
@@ -225,7 +322,11 @@ class ImageFolderDataModule(MRLDataModule):
             raise MRLError(
                 f"{self.name} root={str(self.root)!r} is not a folder; give an image folder"
             )
-        self.img_size = check_int("img_size", img_size, 1)
+        self._img_size_spec = img_size
+        if img_size != "auto":
+            if not is_int(img_size) or img_size < 1:
+                raise MRLError(f"img_size={img_size!r} is invalid; use an integer >= 1 or auto")
+            self.img_size = int(img_size)
         if not is_int(in_chans) or in_chans not in (1, 3):
             raise MRLError(f"in_chans={in_chans!r} is invalid; use 3 (RGB) or 1 (grayscale)")
         self.in_chans = int(in_chans)
@@ -266,10 +367,18 @@ class ImageFolderDataModule(MRLDataModule):
                 f"<image> (or {self.root}/{train_dir}/<class>/<image> and "
                 f"{self.root}/{val_dir}/<class>/<image>)"
             )
+        if len(self.classes) < 2:
+            raise MRLError(
+                f"{self.train_path} has one class folder ({self.classes[0]!r}); classification "
+                "needs at least 2 class subfolders"
+            )
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.num_classes = len(self.classes)
+        if img_size == "auto":
+            self.img_size = infer_img_size(self.train_path, self.classes)
         self._sources: dict[str, tuple[list[tuple[str, int]], _SkipLog | None]] = {}
         self._indices: dict[str, tuple[str, np.ndarray]] = {}
+        self._seen_files: set[str] = set()  # real paths listed so far, across splits
 
     # ------------------------------------------------------------------ files
     def _scan(self, directory: Path) -> list[tuple[str, int]]:
@@ -280,9 +389,7 @@ class ImageFolderDataModule(MRLDataModule):
                 f"{directory} has class folders {extra[:5]} that {self.train_path} lacks; every "
                 "class must have training images"
             )
-        samples = ImageFolder.make_dataset(
-            str(directory), self.class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True
-        )
+        samples = _list_images(directory, self.class_to_idx, Path(self.root), self._seen_files)
         if not samples:
             raise MRLError(
                 f"{directory} has class folders but no images (extensions "
@@ -302,6 +409,7 @@ class ImageFolderDataModule(MRLDataModule):
         self._sources[key] = (samples, _SkipLog(samples) if self.skip_corrupt else None)
 
     def _load(self) -> None:
+        self._seen_files = set()
         self._source("train", self.train_path)
         n_train = len(self._sources["train"][0])
         if self.layout == "flat":

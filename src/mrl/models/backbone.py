@@ -70,9 +70,14 @@ class Backbone(nn.Module):
                         f"{img_size}; use a divisor of {img_size}"
                     )
                 # small images (28-px Fashion-MNIST): the largest patch giving >= 7x7 tokens
-                patch = max(
-                    p for p in range(1, patch + 1) if img_size % p == 0 and img_size // p >= 7
-                )
+                fits = [p for p in range(1, patch + 1) if img_size % p == 0 and img_size // p >= 7]
+                if not fits:
+                    raise MRLError(
+                        f"image size {img_size} is too small for {name} (patch {patch}): a "
+                        "vision transformer needs at least 7x7 patches; use data.img_size >= "
+                        "7 (e.g. 28 or 224) or a convolutional model"
+                    )
+                patch = max(fits)
                 log.warning(
                     "%s: image size %d is not a multiple of its patch; using patch_size=%d "
                     "(%dx%d tokens)",

@@ -128,6 +128,7 @@ class MRLLitModule(NestedClassifierSteps, NestedObjective):
         self.save_hyperparameters()
         self.channels_last = bool(channels_last)
         backbone = build_backbone(model, in_chans, img_size)
+        self.embed_width = backbone.width  # what dims: auto stands for
         dims_list = parse_dims(dims, backbone.width)
         if ff_dim is not None:
             ff_dim = dims_list[-1] if ff_dim in ("max", "auto") else ff_dim

@@ -27,12 +27,22 @@ except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
     fcntl = None  # type: ignore[assignment]
 
 
+def umask_mode(fd: int) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the mode a plain ``open`` would:
+    0666 minus the process umask, so teammates on a shared file system can read results."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` via a temporary file in the same folder + fsync + rename."""
+    """Write ``text`` via a temporary file in the same folder + fsync + rename (the file gets
+    the umask's mode, as with ``open``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask_mode(fd)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

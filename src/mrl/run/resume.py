@@ -1,7 +1,8 @@
 """Resuming a killed run: ``python train.py <same overrides> hydra.run.dir=<run dir> ckpt_path=last``.
 
 * :class:`LastCheckpoint` keeps ``<run dir>/checkpoints/last.ckpt`` fresh: every
-  ``every_n_train_steps`` optimizer steps (mid-epoch) and at every epoch end (after validation).
+  ``every_n_train_steps`` optimizer steps (mid-epoch), at every epoch end (after validation)
+  and at the step where a SIGTERM arrived (the run then stops: exit status 143).
   The best-by-``val/top1`` checkpoint is a separate ``ModelCheckpoint`` with ``save_last: false``,
   so the two never write the same file. Checkpoints whose weights are not finite are not
   written: ``last.ckpt`` always holds the last good state.
@@ -36,7 +37,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from mrl.core.dims import parse_dims
 from mrl.core.errors import MRLError
 from mrl.core.validate import integer
 from mrl.run.checkpoints import read_checkpoint
@@ -146,6 +149,9 @@ class LastCheckpoint(ModelCheckpoint):
         self._saved_at = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if getattr(trainer, "received_sigterm", False):  # stop at this step, resumable
+            self._save_last(trainer, pl_module, force=False)
+            raise SIGTERMException
         n = self.every_n_steps
         if n and trainer.global_step > 0 and trainer.global_step % n == 0:
             self._save_last(trainer, pl_module, force=False)
@@ -169,6 +175,54 @@ def _model_name(hp: dict[str, Any]) -> Any:
     return model.get("name") if isinstance(model, dict) else model
 
 
+#: Hyper-parameters that change how a model trains but not what it is or which metrics it logs:
+#: they may differ on resume. Every other hyper-parameter must match.
+TRAINING_ONLY = frozenset(
+    {"optim", "label_smoothing", "weights", "channels_last", "widths_per_step"}
+)
+TRAINING_ONLY_MODEL = frozenset({"pretrained", "drop_path_rate", "checkpoint_path"})
+_CONFIG_NAMES = {
+    "dims": "mrl.dims",
+    "efficient": "mrl.efficient",
+    "ff_dim": "mrl.ff_dim",
+    "num_classes": "data classes",
+    "in_chans": "data channels",
+    "img_size": "image size",
+}
+
+
+def _dims(spec: Any, width: int | None) -> Any:
+    """The nesting list a ``dims`` spec means (``auto``, ``[8,16,...,512]``), else the spec."""
+    try:
+        return parse_dims(spec, width)
+    except MRLError:
+        return spec
+
+
+def _model_fields(
+    hp: dict[str, Any], mine: dict[str, Any], width: int | None = None
+) -> list[tuple[str, Any, Any]]:
+    """``(config key, checkpoint value, current value)`` of every field that decides the model
+    or its metric keys (the nesting dims, the architecture, the data shape); ``width``: the
+    embedding width that ``dims: auto`` stands for."""
+    out = []
+    for key in sorted(set(hp) | set(mine)):
+        if key in TRAINING_ONLY:
+            continue
+        a, b = hp.get(key), mine.get(key)
+        if key == "model" and isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if sub not in TRAINING_ONLY_MODEL:
+                    out.append((f"model.{sub}", a.get(sub), b.get(sub)))
+            continue
+        if key == "efficient":
+            a, b = bool(a), bool(b)
+        if key == "dims":
+            a, b = _dims(a, width), _dims(b, width)
+        out.append((_CONFIG_NAMES.get(key, key), a, b))
+    return out
+
+
 def check_resume_checkpoint(path: str | Path, module: pl.LightningModule) -> dict[str, Any]:
     """Refuse an unsafe, corrupt or foreign checkpoint before Lightning loads it.
 
@@ -183,29 +237,20 @@ def check_resume_checkpoint(path: str | Path, module: pl.LightningModule) -> dic
             "<run dir>/checkpoints/last.ckpt or another .ckpt written by train.py"
         )
     hp, mine = dict(ckpt["hyper_parameters"]), dict(module.hparams)
-    checks = [
-        ("model.name", _model_name(hp), _model_name(mine)),
-        ("data classes", hp.get("num_classes"), mine.get("num_classes")),
-        ("data channels", hp.get("in_chans"), mine.get("in_chans")),
-        ("image size", hp.get("img_size"), mine.get("img_size")),
-        ("mrl.efficient", bool(hp.get("efficient")), bool(mine.get("efficient"))),
-        ("mrl.ff_dim", hp.get("ff_dim"), mine.get("ff_dim")),
+    diffs = [
+        f"{key} {a!r} in the checkpoint vs {b!r} now"
+        for key, a, b in _model_fields(hp, mine, getattr(module, "embed_width", None))
+        if a != b
     ]
-    diffs = [f"{k} {a!r} in the checkpoint vs {b!r} now" for k, a, b in checks if a != b]
     theirs, own = ckpt["state_dict"], module.state_dict()
     shape = next(
         (k for k in own if k not in theirs or tuple(theirs[k].shape) != tuple(own[k].shape)),
         None,
     ) or next((k for k in theirs if k not in own), None)
     if not diffs and shape is not None:
-        if hp.get("dims") != mine.get("dims"):
-            diffs.append(
-                f"mrl.dims {hp.get('dims')!r} in the checkpoint vs {mine.get('dims')!r} now"
-            )
-        else:
-            a = tuple(theirs[shape].shape) if shape in theirs else "absent"
-            b = tuple(own[shape].shape) if shape in own else "absent"
-            diffs.append(f"weights {shape} {a} in the checkpoint vs {b} now")
+        a = tuple(theirs[shape].shape) if shape in theirs else "absent"
+        b = tuple(own[shape].shape) if shape in own else "absent"
+        diffs.append(f"weights {shape} {a} in the checkpoint vs {b} now")
     if diffs:
         raise MRLError(
             f"{what} was written by another config ({diffs[0]}); resume with the overrides that "
@@ -219,16 +264,17 @@ def check_resume_checkpoint(path: str | Path, module: pl.LightningModule) -> dic
 
 
 # ----------------------------------------------------------------------------- W&B run id
-def wandb_run_id(run_dir: str | Path, configured: str | None = None) -> str:
+def wandb_run_id(run_dir: str | Path, configured: str | None = None, write: bool = True) -> str:
     """The W&B run id of this run dir: ``configured``, else ``wandb_id.txt``, else a new one.
 
-    The id is written to ``<run dir>/wandb_id.txt`` so that a resumed process logs into the
-    same W&B run (offline runs: the same ``offline-run-*-<id>`` suffix, merged by ``wandb sync``).
+    The id is written to ``<run dir>/wandb_id.txt`` (unless ``write=False``) so that a resumed
+    process logs into the same W&B run (offline runs: the same ``offline-run-*-<id>`` suffix,
+    merged by ``wandb sync``).
     """
     f = RunDir(run_dir).wandb_id
     old = f.read_text().strip() if f.is_file() else ""
     wid = str(configured) if configured else (old or secrets.token_hex(4))
-    if wid != old:
+    if write and wid != old:
         write_text_atomic(f, wid + "\n")
     return wid
 
