@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data test test-readme test-multiprocess test-all test-fast lint format reproduce-table1 reproduce-paper \
-	reproduce-interpolation reproduce-robustness reproduce-adaptive reproduce-novel reproduce-longtail train aggregate clean-logs
+	reproduce-interpolation reproduce-robustness reproduce-adaptive reproduce-novel reproduce-longtail reproduce-text train aggregate clean-logs
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -21,13 +21,16 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) data ## create .venv with the pinned dependencies and fetch the data
 
-data: ## install the embedded Fashion-MNIST (Debian's dataset-fashion-mnist) when possible
-	@if [ -f $(FMNIST) ]; then echo "Fashion-MNIST: $(dir $(FMNIST))"; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) \
-	  && echo "installed dataset-fashion-mnist"; \
-	else echo "dataset-fashion-mnist not installed: torchvision will download Fashion-MNIST"; fi
+WORDNET := /usr/share/wordnet/data.noun
+data: ## install the embedded Fashion-MNIST and WordNet 3.0 (Debian's dataset-fashion-mnist, wordnet-base) when possible
+	@for pair in "$(FMNIST) dataset-fashion-mnist" "$(WORDNET) wordnet-base"; do set -- $$pair; \
+	  if [ -f $$1 ]; then echo "$$2: $$(dirname $$1)"; \
+	  elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q $$2 >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q $$2 >/dev/null)) \
+	    && echo "installed $$2"; \
+	  else echo "$$2 not installed (apt-get install $$2): Fashion-MNIST falls back to torchvision's download; the WordNet tasks need it"; fi; \
+	done
 
 test: setup ## the test suite (unit + integration on real data; not the README replay, not multi-process)
 	$(PY) -m pytest -q -m "not readme and not multiprocess"
@@ -75,6 +78,9 @@ reproduce-novel: setup ## trained on classes 0-4, 5-way few-shot on 5-9, MRL vs 
 
 reproduce-longtail: setup ## long-tailed training set (ratio 100), head/medium/tail top-1 -> results/longtail_*
 	$(PY) scripts/reproduce_paper.py --only longtail --seeds $(SEEDS) $(PAPER_ARGS)
+
+reproduce-text: setup ## MiniLM on WordNet: plain truncation vs MRL fine-tune, dims 12..384 -> results/text_wordnet.*
+	$(PY) scripts/reproduce_text.py $(ARGS)
 
 reproduce-paper: reproduce-table1 ## Tables 1-2 and every experiment above, in order
 	$(PY) scripts/reproduce_paper.py --seeds $(SEEDS) $(PAPER_ARGS)

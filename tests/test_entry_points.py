@@ -60,7 +60,7 @@ def test_python_m_mrl_eval_and_bad_subcommand(tmp_path):
     assert metrics["knn/top1@d16"] > 0.9  # well-separated clusters
     r = run_cli("-m", "mrl", "fit", cwd=tmp_path)
     assert r.returncode == 2
-    assert r.stderr.strip() == "error: python -m mrl takes train or eval first, got fit"
+    assert r.stderr.strip() == "error: python -m mrl takes train, eval or export first, got fit"
 
 
 def test_wheel_ships_the_configs_and_the_commands(tmp_path):

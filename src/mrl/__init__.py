@@ -2,7 +2,10 @@
 
 Public API::
 
-    from mrl import MRLHead, MatryoshkaLoss, parse_dims, truncate, load_module
+    from mrl import MRLHead, MatryoshkaLoss, parse_dims, truncate, load_module, load
+
+``mrl.load(path).encode(images, dim=64)``: a trained run, checkpoint or ``mrl-export``
+folder as an encoder at any prefix size (:mod:`mrl.inference`).
 
 Layout: ``mrl.core`` (dims, nesting maths, validators, errors), ``mrl.models`` (nn.Modules),
 ``mrl.objectives`` (the LightningModules), ``mrl.data``, ``mrl.eval`` (metrics, evaluator
@@ -21,6 +24,7 @@ __all__ = [
     "MRLHead",
     "MatryoshkaLoss",
     "auto_dims",
+    "load",
     "load_module",
     "parse_dims",
     "parse_weights",
@@ -34,3 +38,11 @@ def load_module(ckpt_path):
     from mrl.tasks.evaluate import load_module as _load
 
     return _load(ckpt_path)
+
+
+def load(path):
+    """A :class:`mrl.inference.MatryoshkaEncoder` from a ``.ckpt``, a run dir or an
+    ``mrl-export`` folder: ``mrl.load(p).encode(images, dim=64)`` (see :mod:`mrl.inference`)."""
+    from mrl.inference import load as _load
+
+    return _load(path)

@@ -75,6 +75,18 @@ def match_data(module: Any, dm: Any) -> None:
     follow_model_transforms(dm, module)  # timm's transform for the backbone
 
 
+def _eval_transform(dm: Any) -> Any:
+    """The preprocessing the embeddings really went through (the data module's eval
+    transform, :func:`mrl.inference.preprocessing_of`), recorded in the cache's meta.json;
+    the data config for data modules it does not describe."""
+    from mrl.inference import preprocessing_of
+
+    try:
+        return preprocessing_of(dm)
+    except MRLError:
+        return str(getattr(dm, "data_config", ""))
+
+
 def evaluate_arrays(
     data: EvalData,
     evaluators: Mapping[str, Evaluator],
@@ -126,7 +138,7 @@ def evaluate_run(
     ``{}``.
     """
     match_data(module, dm)
-    meta = {**(meta or {}), "data": repr(dm), "transform": str(getattr(dm, "data_config", ""))}
+    meta = {**(meta or {}), "data": repr(dm), "transform": _eval_transform(dm)}
     t0 = time.time()
     arrays, reused = cached_embeddings(
         module, dm, RunDir(out_dir).embeddings, meta, device, use_cache
