@@ -16,6 +16,7 @@ from mrl.data.cifar import CIFAR10DataModule, CIFAR100DataModule, CIFARDataModul
 from mrl.data.fashion_mnist import FashionMNISTDataModule
 from mrl.data.idx import read_idx
 from mrl.data.imagefolder import ImageFolderDataModule, ImageNetDataModule
+from mrl.data.wordnet import WordNetDataModule  # text (retrieval pairs), not in DATAMODULES
 
 DATAMODULES: dict[str, type[MRLDataModule]] = {
     "fashion_mnist": FashionMNISTDataModule,
@@ -43,6 +44,7 @@ __all__ = [
     "ImageFolderDataModule",
     "ImageNetDataModule",
     "MRLDataModule",
+    "WordNetDataModule",
     "build_datamodule",
     "read_idx",
 ]

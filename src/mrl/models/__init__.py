@@ -2,5 +2,6 @@
 
 from mrl.models.backbone import Backbone
 from mrl.models.mrl_model import METHODS, MRLModel, method_name
+from mrl.models.text import TextEncoder
 
-__all__ = ["Backbone", "METHODS", "MRLModel", "method_name"]
+__all__ = ["Backbone", "METHODS", "MRLModel", "TextEncoder", "method_name"]
