@@ -27,6 +27,7 @@ __all__ = [
     "as_labels",
     "as_matrix",
     "as_sizes",
+    "first_non_finite_row",
     "integer",
     "is_int",
     "is_number",
@@ -108,8 +109,11 @@ def to_numpy(x: Any, name: str, dtype: Any = np.float32) -> np.ndarray:
         raise MRLError(f"{name} of type {type(x).__name__} is not a numeric array: {e}") from e
 
 
-def _first_non_finite_row(x: np.ndarray) -> int | None:
-    """Index of the first row of 2-D ``x`` holding NaN or inf, or None if all are finite."""
+def first_non_finite_row(x: np.ndarray) -> int | None:
+    """Index of the first row of 2-D ``x`` holding NaN or inf, or None if all are finite.
+
+    Scans in blocks (no full-size temporary), so a memory-mapped array is read once.
+    """
     if not np.issubdtype(x.dtype, np.inexact):
         return None
     # one pass without a temporary: NaN/inf make the sum non-finite (so can a finite
@@ -123,6 +127,9 @@ def _first_non_finite_row(x: np.ndarray) -> int | None:
         if len(bad):
             return start + int(bad[0])
     return None
+
+
+_first_non_finite_row = first_non_finite_row
 
 
 def as_matrix(x: Any, name: str, dtype: Any = np.float32) -> np.ndarray:

@@ -38,13 +38,15 @@ def weighted_knn_predict(
         labels: ``(q, k)`` their class labels.
         num_classes: number of classes ``C``.
         T: temperature.
-        chunk: queries per block, so the ``(chunk, C)`` vote matrix stays small.
+        chunk: queries per block, so the ``(chunk, C)`` vote matrix stays small (fewer
+            when ``C`` is large: at most 2**24 votes per block).
 
     Returns:
         ``(q,)`` int64 predictions. Weights are shifted by the row maximum before ``exp``
         (same argmax, no overflow).
     """
     preds = np.empty(len(scores), dtype=np.int64)
+    chunk = max(1, min(chunk, (1 << 24) // max(1, num_classes)))  # votes: <= 128 MiB
     for start in range(0, len(scores), chunk):
         s = scores[start : start + chunk].astype(np.float64)
         lab = labels[start : start + chunk]
@@ -98,6 +100,7 @@ class KNN(Evaluator):
     """``knn/top1@d{m}`` (1-NN) and ``knn/top1_k{k}@d{m}`` (DINO's weighted kNN, T)."""
 
     main_metric = "knn/top1"
+    precision_aware = True
 
     def __init__(self, k: int = 20, T: float = 0.07) -> None:
         self.k, self.T = k, T

@@ -25,10 +25,12 @@ def head_logits(module, z: np.ndarray, batch: int = 8192) -> dict[int, np.ndarra
 
 class Linear(Evaluator):
     """``linear/top1@d{m}``: accuracy of the trained head of prefix m on the test split
-    (only trained prefixes among the evaluated dims)."""
+    (only trained prefixes among the evaluated dims). With ``eval.precisions`` also
+    ``linear/top1@d{m}/{float16,int8}``: the heads on quantized raw test slices."""
 
     main_metric = "linear/top1"
     needs_heads = True
+    raw_precisions = ("float16", "int8")
 
     def __call__(self, data: EvalData, dims: Sequence[int]) -> dict[str, float]:
         return {

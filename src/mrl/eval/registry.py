@@ -13,10 +13,23 @@ float32 arrays, *not* normalised; database = train, queries = test, calibration 
 returns a flat ``{metric: value}`` dict, fractions in [0, 1] for accuracies, keys ending in
 ``@d{m}`` for prefix size ``m``. Exact neighbours are searched once, at the largest ``k``
 any selected evaluator asks for, and shared.
+
+Precisions: ``eval.precisions: [float32, int8, binary]`` (a reserved key of the ``eval``
+node, default ``[float32]``) runs the evaluators that read only the shared neighbours
+(``precision_aware``: kNN and retrieval) once more per extra precision, on neighbours
+searched among quantized prefixes (:mod:`mrl.eval.quantize`: slice, L2-normalise, then
+quantize, int8 calibrated on the database). Their keys gain ``/{precision}`` after
+``@d{m}``: ``knn/top1@d64/int8``, ``retrieval/mAP@10@d64/binary``. float32 always runs,
+unsuffixed and unchanged (it is the reference of the report's retention column).
+``eval.baselines: [truncate, pca, random_projection]`` likewise runs them on PCA / random
+projection prefixes (:mod:`mrl.eval.baselines`), keys ``knn/top1@d64/pca[/int8]``.
+Trained heads (``linear``, ``raw_precisions``) run at float16 / int8 on quantized raw test
+slices: ``linear/top1@d64/int8``.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mrl.core.errors import MRLError
+from mrl.eval._checks import embedding_arrays
 
 #: per-prefix logits of a model's trained heads: ``heads(z) -> {m: (n, C) logits}``
 Heads = Callable[[np.ndarray], dict[int, np.ndarray]]
@@ -54,12 +68,12 @@ class EvalData:
     def from_arrays(
         cls, arrays: Mapping[str, np.ndarray], num_classes: int | None = None, heads=None
     ) -> EvalData:
-        """From ``{train,val,test}_{x,y}`` arrays; ``num_classes`` defaults to max label + 1."""
-        for k in ("train_x", "train_y", "test_x", "test_y"):
-            if k not in arrays:
-                raise MRLError(f"embeddings lack array {k!r}; they have {sorted(arrays)}")
-        if num_classes is None:
-            num_classes = int(max(arrays["train_y"].max(), arrays["test_y"].max()) + 1)
+        """From ``{train,val,test}_{x,y}`` arrays; ``num_classes`` defaults to max label + 1.
+
+        The arrays are checked first (:func:`mrl.eval._checks.embedding_arrays`: finite,
+        one width, one integer label per row, labels in ``0..C-1``).
+        """
+        num_classes = embedding_arrays(arrays, num_classes)
         return cls(
             arrays["train_x"],
             arrays["train_y"],
@@ -94,6 +108,16 @@ class Evaluator:
     needs_heads: ClassVar[bool] = False
     #: needs the validation split (calibration)
     needs_val: ClassVar[bool] = False
+    #: reads only ``data.neighbors`` (and labels), so it can run at every precision
+    precision_aware: ClassVar[bool] = False
+    #: precisions at which it reads raw, unnormalised test slices instead (trained heads:
+    #: :func:`mrl.eval.quantize.quantize_raw`; the test split is quantized, logits redone)
+    raw_precisions: ClassVar[tuple[str, ...]] = ()
+    #: precisions to run at (set from ``eval.precisions`` by :func:`build_evaluators`);
+    #: float32 always runs
+    precisions: tuple[str, ...] = ("float32",)
+    #: baselines to run (``eval.baselines``, :mod:`mrl.eval.baselines`); truncate always runs
+    baselines: tuple[str, ...] = ("truncate",)
 
     def neighbours_needed(self) -> int:
         """How many exact neighbours per query this evaluator reads (0: none)."""
@@ -108,11 +132,32 @@ class Evaluator:
 
 
 def build_evaluators(spec: Mapping[str, Any]) -> dict[str, Evaluator]:
-    """``{name: Evaluator}`` from config nodes with ``_target_`` (or ready instances)."""
+    """``{name: Evaluator}`` from config nodes with ``_target_`` (or ready instances).
+
+    The reserved keys ``precisions`` (a list of :data:`mrl.eval.quantize.PRECISIONS`) and
+    ``baselines`` (of :data:`mrl.eval.baselines.BASELINES`) are given to every
+    ``precision_aware`` evaluator, the precisions it supports to one with
+    ``raw_precisions``; the others run at float32 on the plain prefixes only.
+    """
     from hydra.utils import instantiate
 
+    from mrl.eval.baselines import check_baselines
+    from mrl.eval.quantize import check_precisions
+
+    spec = dict(spec or {})
+    given = spec.pop("precisions", None)
+    precisions = ["float32"] if given is None else check_precisions(_plain(given))
+    given = spec.pop("baselines", None)
+    baselines = ["truncate"] if given is None else check_baselines(_plain(given))
+    adaptor = spec.pop("adaptor", None) or {}  # options of the adaptor baseline
+    if not hasattr(adaptor, "items"):
+        raise MRLError(
+            f"eval.adaptor={adaptor!r} must map adaptor options to values, e.g. "
+            "eval.adaptor.epochs=40"
+        )
+    adaptor = {str(k): v for k, v in adaptor.items()}
     out: dict[str, Evaluator] = {}
-    for name, node in dict(spec or {}).items():
+    for name, node in spec.items():
         ev = node
         if not isinstance(node, Evaluator):
             if not node or "_target_" not in node:
@@ -123,10 +168,31 @@ def build_evaluators(spec: Mapping[str, Any]) -> dict[str, Evaluator]:
             ev = instantiate(node)
         if not isinstance(ev, Evaluator):
             raise MRLError(f"eval.{name} builds a {type(ev).__name__}, not an mrl Evaluator")
+        if ev.precision_aware:
+            ev.precisions, ev.baselines = tuple(precisions), tuple(baselines)
+            ev.baseline_options = {"adaptor": adaptor} if adaptor else {}
+        elif ev.raw_precisions:
+            ev.precisions = tuple(p for p in precisions if p in ("float32", *ev.raw_precisions))
         out[str(name)] = ev
     if not out:
         raise MRLError("no evaluator selected; choose some, e.g. eval=[knn,retrieval]")
     return out
+
+
+def _plain(value: Any) -> Any:
+    """A list for an OmegaConf ``ListConfig`` or any non-string sequence, else ``value``."""
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        return value
+    return list(value)
+
+
+def precision_key(key: str, precision: str, baseline: str = "truncate") -> str:
+    """``key`` of a metric computed at ``precision`` on ``baseline``: unchanged for float32
+    and truncate, else suffixed ``/{baseline}`` then ``/{precision}``
+    (``knn/top1@d64`` -> ``knn/top1@d64/int8``, ``knn/top1@d64/pca/int8``)."""
+    if baseline != "truncate":
+        key = f"{key}/{baseline}"
+    return key if precision == "float32" else f"{key}/{precision}"
 
 
 def check_inputs(evaluators: Mapping[str, Evaluator], data: EvalData) -> None:
@@ -146,10 +212,18 @@ def check_inputs(evaluators: Mapping[str, Evaluator], data: EvalData) -> None:
 def run_evaluators(
     evaluators: Mapping[str, Evaluator], data: EvalData, dims: Sequence[int]
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Run every evaluator on ``data`` at ``dims``; returns ``(metrics, seconds per step)``."""
+    """Run every evaluator on ``data`` at ``dims``; returns ``(metrics, seconds per step)``.
+
+    Then the extra precisions and baselines the evaluators were given (the module's
+    docstring), each under its suffixed keys.
+    """
     from mrl.eval.search import prefix_neighbors
 
     check_inputs(evaluators, data)
+    embedding_arrays(
+        {k: getattr(data, k) for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")},
+        data.num_classes,
+    )
     out: dict[str, float] = {}
     secs: dict[str, float] = {}
     k = max((e.neighbours_needed() for e in evaluators.values()), default=0)
@@ -161,7 +235,59 @@ def run_evaluators(
         t = time.time()
         out |= ev(data, dims)
         secs[name] = time.time() - t
+    _run_raw_precisions(evaluators, data, dims, out, secs)
+    _run_variants(evaluators, data, dims, out, secs)
     return out, secs
+
+
+def _timed(ev: Evaluator, view: EvalData, dims, p: str, b: str, name: str, out, secs) -> None:
+    t = time.time()
+    out |= {precision_key(key, p, b): v for key, v in ev(view, dims).items()}
+    secs[f"{name}{precision_key('', p, b)}"] = time.time() - t
+
+
+def _run_raw_precisions(evaluators, data: EvalData, dims, out, secs) -> None:
+    """Trained heads at float16 / int8: the test split quantized raw, logits recomputed."""
+    from mrl.eval.quantize import PRECISIONS, quantize_raw
+
+    for p in PRECISIONS[1:]:
+        raw = {n: e for n, e in evaluators.items() if p in e.raw_precisions and p in e.precisions}
+        if raw:
+            view = copy.copy(data)
+            view.test_x, view._logits = quantize_raw(data.train_x, data.test_x, p), {}
+            for name, ev in raw.items():
+                _timed(ev, view, dims, p, "truncate", name, out, secs)
+
+
+def _run_variants(evaluators, data: EvalData, dims, out, secs) -> None:
+    """Neighbour-only evaluators at every (baseline, precision) but plain float32."""
+    from mrl.eval.baselines import BASELINES, baseline_transform
+    from mrl.eval.quantize import PRECISIONS, quantized_neighbors
+
+    for b in BASELINES:
+        chosen = {n: e for n, e in evaluators.items() if e.precision_aware and b in e.baselines}
+        if not chosen:
+            continue
+        train_x, test_x, b_dims = data.train_x, data.test_x, list(dims)
+        if b != "truncate":
+            t = time.time()
+            options = getattr(next(iter(chosen.values())), "baseline_options", {}).get(b)
+            train_x, test_x = baseline_transform(b, train_x, test_x, max(dims), options)
+            b_dims = [m for m in dims if m <= train_x.shape[1]]  # PCA: <= n_train components
+            secs[f"fit/{b}"] = time.time() - t
+        for p in PRECISIONS[1:] if b == "truncate" else PRECISIONS:
+            users = {n: e for n, e in chosen.items() if p in e.precisions or p == "float32"}
+            if not users or not b_dims:
+                continue
+            view = copy.copy(data)
+            view.train_x, view.test_x = train_x, test_x
+            k_p = max(e.neighbours_needed() for e in users.values())
+            if k_p:
+                t = time.time()
+                view.neighbors = quantized_neighbors(train_x, test_x, b_dims, k_p, p)
+                secs[f"search{precision_key('', p, b)}"] = time.time() - t
+            for name, ev in users.items():
+                _timed(ev, view, b_dims, p, b, name, out, secs)
 
 
 def main_metric_names(evaluators: Mapping[str, Evaluator], metrics: Mapping[str, float]):

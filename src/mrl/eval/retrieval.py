@@ -132,6 +132,8 @@ def retrieval_metrics(
 class Retrieval(Evaluator):
     """``retrieval/{P,mAP,R}@{k}@d{m}`` for every k in ``ks`` (see the module's conventions)."""
 
+    precision_aware = True
+
     def __init__(
         self, ks: Sequence[int] = (10, 25, 50, 100), recall_denominator: str | int = "class_count"
     ) -> None:
