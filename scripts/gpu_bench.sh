@@ -5,12 +5,31 @@
 # message otherwise); finishes within 8 minutes (the Python side keeps a 450 s budget).
 #
 #   bash scripts/gpu_bench.sh [--quick]         # from the repository root
+#   bash scripts/gpu_bench.sh --search [--n 1000000] [--dim 2048] [--queries 10000]
+#        [--backend auto|torch] [--dry-run]     # exact vs funnel search on the GPU, queries/s
+#        (scripts/bench/gpu_search.py; --search without a GPU fails with a message, exit 1;
+#        --dry-run prints the plan only and needs no GPU). Writes ${OUT:-results}/gpu_search_bench.json
 #
 # Needs a python with torch + timm + pytorch-lightning + torchmetrics ($PYTHON, else python3,
 # else .venv/bin/python); the repo's src/ goes on PYTHONPATH, nothing is installed.
 # Writes ${OUT:-results}/gpu_bench.json and prints the table.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ "${1:-}" = "--search" ]; then
+  shift
+  PY="${PYTHON:-}"
+  for cand in "${PYTHON:-}" .venv/bin/python python3; do
+    [ -n "$cand" ] && command -v "$cand" >/dev/null 2>&1 && "$cand" -c "import torch, faiss" 2>/dev/null \
+      && { PY="$cand"; break; }
+  done
+  if [ -z "$PY" ]; then
+    echo "gpu_bench --search: no python with torch and faiss found (set PYTHON=...)" >&2
+    exit 1
+  fi
+  export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+  exec timeout 540 "$PY" -m scripts.bench.gpu_search --out "${OUT:-results}/gpu_search_bench.json" "$@"
+fi
 
 # first python that imports torch: exit status 0 = sees a GPU, 3 = no GPU, other = no torch
 PY=""

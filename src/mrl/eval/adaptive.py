@@ -41,7 +41,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import faiss
 import numpy as np
 
 from mrl.core.errors import MRLError
@@ -49,7 +48,7 @@ from mrl.core.nesting import truncate
 from mrl.core.validate import as_labels, as_matrix, positive_int
 from mrl.eval.registry import EvalData, Evaluator
 from mrl.eval.retrieval import map_at_k
-from mrl.eval.search import exact_search
+from mrl.eval.search import exact_search, faiss, search_backend
 
 # ----------------------------------------------------------------------------- classification
 
@@ -302,6 +301,7 @@ def adaptive_retrieval(
     k: int = 10,
     funnel: Sequence[tuple[int, int]] | None = None,
     repeats: int = 3,
+    device: str | None = None,
 ) -> dict[str, float]:
     """Shortlist at a small prefix, rerank at a large one; compare with exact search.
 
@@ -316,6 +316,10 @@ def adaptive_retrieval(
             ``[(16, 200), (64, 100), (256, 50), (2048, 10)]``; its last dim is the exact
             baseline's dim.
         repeats: timed runs of each method; the median is reported.
+        device: ``auto|cpu|cuda`` (default: ``eval.py search.device``, else auto; see
+            :mod:`mrl.eval.search`). On CUDA both methods run on the GPU: the exact search
+            and the shortlist with FAISS GPU or torch, the rerank with torch (a gather and a
+            batched product per query block); the stored prefixes stay on the GPU.
 
     Returns:
         ``adaptive_ret/mAP@{k}``, ``adaptive_ret/exact_mAP@{k}``, ``adaptive_ret/top1``,
@@ -339,22 +343,26 @@ def adaptive_retrieval(
     # built once, outside the timed region: the normalised prefixes, which the exact
     # searches scan and the rerank reads by id (one copy per stage dim)
     stored = {d: truncate(database, d, normalize=True) for d in {d for d, _ in stages}}
+    backend = search_backend(device)
+    if backend == "cpu":
 
-    def search(d: int, keep: int) -> np.ndarray:
-        q = truncate(queries, d, normalize=True)
-        return exact_search(stored[d], q, keep, use_gpu=False)[1]
+        def search(d: int, keep: int) -> np.ndarray:
+            q = truncate(queries, d, normalize=True)
+            return exact_search(stored[d], q, keep, use_gpu=False)[1]
+
+        def adaptive() -> np.ndarray:
+            d0, keep0 = stages[0]
+            ids = search(d0, keep0)
+            for d, keep in stages[1:]:
+                scores = rerank_scores(stored[d], truncate(queries, d, normalize=True), ids)
+                order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
+                ids = np.take_along_axis(ids, order, axis=1)
+            return ids[:, :k]
+    else:
+        search, adaptive = _gpu_funnel(stored, queries, stages, k, backend)
 
     def exact() -> np.ndarray:
         return search(d_final, k)
-
-    def adaptive() -> np.ndarray:
-        d0, keep0 = stages[0]
-        ids = search(d0, keep0)
-        for d, keep in stages[1:]:
-            scores = rerank_scores(stored[d], truncate(queries, d, normalize=True), ids)
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
-            ids = np.take_along_axis(ids, order, axis=1)
-        return ids[:, :k]
 
     ids: dict[str, np.ndarray] = {}
     times: dict[str, list[float]] = {"exact": [], "adaptive": []}
@@ -381,6 +389,53 @@ def adaptive_retrieval(
         "adaptive_ret/seconds": t_adaptive,
         "adaptive_ret/exact_seconds": t_exact,
     }
+
+
+def _gpu_funnel(stored: dict[int, np.ndarray], queries: np.ndarray, stages, k: int, backend: str):
+    """``(search, adaptive)`` of :func:`adaptive_retrieval` on the GPU: the normalised
+    prefixes are moved there (or into FAISS GPU indexes) once, outside the timed region."""
+    import torch
+
+    from mrl.eval.search import _cuda_device, _full_fp32, flat_ip_index, torch_search
+
+    on_gpu = torch.cuda.is_available()
+    dev = _cuda_device() if on_gpu else torch.device("cpu")
+    tensors = {d: torch.from_numpy(x).to(dev) for d, x in stored.items()}
+    indexes = (
+        {d: flat_ip_index(x, True) for d, x in stored.items()} if backend == "faiss-gpu" else {}
+    )
+
+    def search_t(d: int, keep: int) -> torch.Tensor:
+        q = truncate(queries, d, normalize=True)
+        if indexes:
+            return torch.from_numpy(indexes[d].search(q, keep)[1]).to(dev)
+        return torch_search(tensors[d], torch.from_numpy(q).to(dev), [d], keep, False)[d][1]
+
+    def search(d: int, keep: int) -> np.ndarray:
+        return search_t(d, keep).cpu().numpy()
+
+    @torch.no_grad()
+    def adaptive() -> np.ndarray:
+        d0, keep0 = stages[0]
+        ids = search_t(d0, keep0)
+        with _full_fp32():
+            return _rerank(ids)
+
+    def _rerank(ids: torch.Tensor) -> np.ndarray:
+        for d, keep in stages[1:]:
+            q = torch.from_numpy(truncate(queries, d, normalize=True)).to(dev)
+            chunk = max(1, (1 << 30) // (4 * ids.shape[1] * d))  # q x K x d floats per block
+            parts = []
+            for s0 in range(0, len(q), chunk):
+                cand = ids[s0 : s0 + chunk]
+                vecs = tensors[d][cand.clamp_min(0)]  # (b, K, d)
+                sc = torch.einsum("bd,bkd->bk", q[s0 : s0 + chunk], vecs)
+                parts.append(sc.masked_fill(cand < 0, float("-inf")))
+            order = torch.cat(parts).argsort(dim=1, descending=True, stable=True)[:, :keep]
+            ids = ids.gather(1, order)
+        return ids[:, :k].cpu().numpy()
+
+    return search, adaptive
 
 
 class AdaptiveClassification(Evaluator):

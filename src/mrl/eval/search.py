@@ -24,15 +24,28 @@ of prefix ``m_i`` are those of ``m_{i-1}`` plus the products of dims ``m_{i-1}..
 (``addmm`` into the same buffer), scaled per column by the database's prefix inverse norm
 (the query's is a per-row constant, applied to the ``k`` kept scores). All prefixes thus
 cost one matrix product at the largest prefix plus one scaling and one heap pass each,
-instead of a full search each. With a GPU FAISS build and a GPU (``use_gpu``), each prefix
-is searched by a GPU ``IndexFlatIP`` instead.
+instead of a full search each.
+
+Device (``device`` argument, else ``eval.py search.device=auto|cpu|cuda``, see
+:func:`use_search_device`)
+------------------------------------------------------------------------------------------
+* ``cpu``: the CPU search above (FAISS CPU kernels and heaps).
+* ``cuda``: FAISS GPU ``IndexFlatIP`` per prefix when the installed FAISS has GPU support and
+  sees a GPU (``faiss.get_num_gpus() > 0``); else torch on the GPU: the same cumulative
+  per-prefix products, one blocked matmul per (query block, database block) and
+  ``torch.topk`` per prefix, merged across blocks, in full float32 (TF32 off). No GPU:
+  one-line :class:`MRLError`.
+* ``auto`` (default): ``cuda`` when FAISS or torch sees a GPU, else ``cpu``.
+The legacy ``use_gpu`` argument wins when given: True = FAISS GPU (error without it),
+False = CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 
-import faiss
 import numpy as np
 import torch
 
@@ -40,6 +53,42 @@ from mrl.core.errors import MRLError
 from mrl.core.nesting import truncate
 from mrl.core.validate import as_matrix, positive_int
 from mrl.eval._checks import prefix_dims
+
+#: one line on what to install (``faiss-cpu`` and ``faiss-gpu`` both provide ``faiss``)
+FAISS_HINT = (
+    "pip install 'matryoshka-rl[cpu]' (faiss-cpu), or 'matryoshka-rl[gpu]' (faiss-gpu) on a "
+    "CUDA machine; never both: they provide the same faiss module"
+)
+
+
+def _import_faiss():
+    """``faiss``, or a one-line :class:`MRLError` naming the extra to install; warns once
+    when both FAISS distributions are installed (one overwrote the other's module)."""
+    try:
+        import faiss
+    except ImportError as e:
+        raise MRLError(f"faiss is not installed: {FAISS_HINT}") from e
+    from importlib import metadata
+
+    found = []
+    for dist in ("faiss-cpu", "faiss-gpu"):
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    if len(found) > 1:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "both %s are installed and overwrite each other's faiss module: pip uninstall -y "
+            "faiss-cpu faiss-gpu, then %s",
+            " and ".join(found),
+            FAISS_HINT,
+        )
+    return faiss
+
+
+faiss = _import_faiss()
 
 Neighbors = dict[int, tuple[np.ndarray, np.ndarray]]
 
@@ -51,6 +100,137 @@ BLOCK_BYTES = 1 << 26
 #: of many cheap scores, where the blocked search is faster (1M x 16, k=200: 2.5-3.8 s vs 11 s)
 FAISS_MIN_DIM = 256
 EPS = 1e-12  # as truncate(normalize=True): zero rows stay zero
+
+
+#: bytes of one score block of the torch GPU search
+GPU_BLOCK_BYTES = 1 << 30
+SEARCH_DEVICES = ("auto", "cpu", "cuda")
+_DEVICE: contextvars.ContextVar[str] = contextvars.ContextVar("mrl_search_device", default="auto")
+
+
+def check_search_device(spec: str) -> str:
+    """``spec`` if it is one of :data:`SEARCH_DEVICES`, else a one-line :class:`MRLError`."""
+    if str(spec) not in SEARCH_DEVICES:
+        raise MRLError(f"search.device={spec!r}: use auto, cpu or cuda")
+    return str(spec)
+
+
+@contextlib.contextmanager
+def use_search_device(spec: str) -> Iterator[str]:
+    """Within the block, searches that are given no device use ``spec`` (auto|cpu|cuda)."""
+    spec = check_search_device(spec)
+    search_backend(spec)  # cuda without a GPU: the error now, before any work
+    token = _DEVICE.set(spec)
+    try:
+        yield spec
+    finally:
+        _DEVICE.reset(token)
+
+
+def _cuda_device() -> torch.device:
+    return torch.device("cuda")
+
+
+def search_backend(device: str | None = None, use_gpu: bool | None = None) -> str:
+    """The search implementation: ``cpu``, ``faiss-gpu`` or ``torch-cuda`` (module docstring)."""
+    if use_gpu is not None:
+        return "faiss-gpu" if _resolve_gpu(use_gpu) else "cpu"
+    spec = check_search_device(_DEVICE.get() if device is None else device)
+    if spec == "cpu":
+        return "cpu"
+    if faiss_has_gpu():
+        return "faiss-gpu"
+    if torch.cuda.is_available():
+        return "torch-cuda"
+    if spec == "cuda":
+        raise MRLError(
+            "search.device=cuda but neither FAISS nor torch sees a CUDA GPU here; use "
+            "search.device=cpu or auto"
+        )
+    return "cpu"
+
+
+@contextlib.contextmanager
+def _full_fp32() -> Iterator[None]:
+    """Exact float32 products on the GPU (no TF32), whatever the process set."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@torch.no_grad()
+def torch_search(
+    db: torch.Tensor,
+    qs: torch.Tensor,
+    dims: Sequence[int],
+    k: int,
+    normalize: bool,
+    query_chunk: int = 4096,
+    inv_db: list[torch.Tensor] | None = None,
+    block_bytes: int | None = None,
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Exact top-``k`` at every prefix of ``dims`` with torch on ``db``'s device (the GPU
+    path): cumulative per-prefix products per (query block, database block), top ``k`` per
+    block and prefix merged into a running top ``k``. ``normalize``: cosine of the sliced
+    then L2-normalised prefixes (``inv_db``: precomputed database inverse prefix norms).
+    Returns ``{m: (scores float32, ids int64)}`` on the device, best first (ties unordered).
+    """
+    block_bytes = block_bytes or GPU_BLOCK_BYTES
+    n, nq = len(db), len(qs)
+    q_block = max(1, min(query_chunk, nq))
+    db_block = min(n, max(k, block_bytes // (4 * q_block)))
+    if normalize and inv_db is None:
+        inv_db = _inverse_prefix_norms(db, dims)
+    out: dict[int, tuple[list, list]] = {m: ([], []) for m in dims}
+    with _full_fp32():
+        for q0 in range(0, nq, q_block):
+            q = qs[q0 : q0 + q_block]
+            inv_q = _inverse_prefix_norms(q, dims) if normalize else None
+            best: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(dims)
+            for d0 in range(0, n, db_block):
+                x = db[d0 : d0 + db_block]
+                s, prev = None, 0
+                for i, m in enumerate(dims):
+                    part = q[:, prev:m] @ x[:, prev:m].T
+                    s = part if s is None else s.add_(part)
+                    prev = m
+                    c = s * inv_db[i][d0 : d0 + len(x)] if normalize else s
+                    v, j = c.topk(min(k, len(x)), dim=1)
+                    j = j + d0
+                    if best[i] is not None:
+                        v, pick = torch.cat([best[i][0], v], 1).topk(k, dim=1)
+                        j = torch.cat([best[i][1], j], 1).gather(1, pick)
+                    best[i] = (v, j)
+            for i, m in enumerate(dims):
+                v, j = best[i]
+                if normalize:
+                    v = v * inv_q[i][:, None]
+                out[m][0].append(v)
+                out[m][1].append(j)
+    return {m: (torch.cat(v), torch.cat(j)) for m, (v, j) in out.items()}
+
+
+def _torch_prefix_search(
+    database: np.ndarray,
+    queries: np.ndarray,
+    dims: Sequence[int],
+    k: int,
+    normalize: bool,
+    query_chunk: int,
+    device: torch.device | None = None,
+) -> Neighbors:
+    """:func:`torch_search` on ``device`` (default the GPU) for numpy inputs and outputs."""
+    device = device or _cuda_device()
+    db = torch.from_numpy(database).to(device)
+    qs = torch.from_numpy(queries).to(device)
+    res = torch_search(db, qs, dims, k, normalize, query_chunk)
+    return {
+        m: _ties_by_index(v.float().cpu().numpy(), j.long().cpu().numpy())
+        for m, (v, j) in res.items()
+    }
 
 
 def faiss_has_gpu() -> bool:
@@ -126,7 +306,7 @@ def _ties_by_index(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray,
 
 def _inverse_prefix_norms(x: torch.Tensor, dims: Sequence[int]) -> list[torch.Tensor]:
     """``1 / max(||x[:, :m]||, eps)`` for every ``m``, from cumulative block sums of squares."""
-    out, sq, prev = [], torch.zeros(len(x), dtype=torch.float64), 0
+    out, sq, prev = [], torch.zeros(len(x), dtype=torch.float64, device=x.device), 0
     for m in dims:
         sq = sq + x[:, prev:m].double().square().sum(1)
         out.append(sq.sqrt().clamp_min(EPS).reciprocal().float())
@@ -194,6 +374,7 @@ def exact_search(
     k: int,
     use_gpu: bool | None = None,
     query_chunk: int = 4096,
+    device: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner-product search.
 
@@ -205,6 +386,8 @@ def exact_search(
             (``faiss.knn``, no copy of the database) from ``FAISS_MIN_DIM`` dims on and the
             blocked search (BLAS products, FAISS heaps) below; None: GPU when FAISS has one.
         query_chunk: at most this many queries per block, bounding the working memory.
+        device: ``auto|cpu|cuda`` when ``use_gpu`` is None (default: :func:`use_search_device`'s,
+            else ``auto``); ``cuda`` without FAISS GPU searches with torch on the GPU.
 
     Returns:
         ``(scores, indices)``: float32 and int64 arrays of shape ``(q, k)``, best first,
@@ -219,10 +402,13 @@ def exact_search(
         )
     k = _check_k(k, len(database))
     query_chunk = positive_int(query_chunk, "query_chunk")
-    if _resolve_gpu(use_gpu):
+    backend = search_backend(device, use_gpu)
+    if backend == "faiss-gpu":
         index = flat_ip_index(database, True)
         return _ties_by_index(*search_index(index, queries, k, query_chunk))
     d = database.shape[1]
+    if backend == "torch-cuda":
+        return _torch_prefix_search(database, queries, [d], k, False, query_chunk)[d]
     if d >= FAISS_MIN_DIM:
         scores = np.empty((len(queries), k), dtype=np.float32)
         indices = np.empty((len(queries), k), dtype=np.int64)
@@ -242,13 +428,15 @@ def prefix_neighbors(
     k: int,
     use_gpu: bool | None = None,
     query_chunk: int = 4096,
+    device: str | None = None,
 ) -> Neighbors:
     """Top-``k`` train neighbours of every test item, at every prefix size.
 
     For each ``m`` in ``dims``: the exact cosine neighbours of ``truncate(., m,
     normalize=True)`` (slice, then L2-normalise) on both sides. On CPU all prefixes come
     from one blocked pass (cumulative inner products, see the module docstring); with
-    ``use_gpu`` each prefix is searched by a FAISS GPU index.
+    ``use_gpu`` (or ``device`` ``cuda``/``auto`` with FAISS GPU) each prefix is searched by a
+    FAISS GPU index; on ``cuda`` without it, torch does the one-pass search on the GPU.
 
     Returns:
         ``{m: (scores, indices)}`` with arrays of shape ``(n_test, k)``, keys sorted.
@@ -262,7 +450,10 @@ def prefix_neighbors(
     dims = prefix_dims(dims, train_x.shape[1])
     k = _check_k(k, len(train_x))
     query_chunk = positive_int(query_chunk, "query_chunk")
-    if _resolve_gpu(use_gpu):
+    backend = search_backend(device, use_gpu)
+    if backend == "torch-cuda":
+        return _torch_prefix_search(train_x, test_x, dims, k, True, query_chunk)
+    if backend == "faiss-gpu":
         return {
             m: exact_search(
                 truncate(train_x, m, normalize=True),

@@ -25,12 +25,24 @@ from mrl.core.validate import integer
 from mrl.eval.cache import file_fingerprint, load_embeddings
 from mrl.eval.pipeline import eval_dims, evaluate_arrays, evaluate_run, match_data
 from mrl.eval.registry import EvalData, build_evaluators
+from mrl.eval.search import use_search_device
 from mrl.objectives.classification import MRLLitModule
 from mrl.run.checkpoints import read_checkpoint
+from mrl.run.claim import RunDirClaim
 from mrl.run.distributed import spawn
 from mrl.run.layout import RunDir, run_dir_of
 from mrl.run.record import read_record, run_record
-from mrl.tasks.instantiate import close_wandb, instantiate, instantiate_all
+from mrl.tasks.instantiate import (
+    artifact_settings,
+    close_wandb,
+    eval_init_kwargs,
+    instantiate,
+    instantiate_all,
+    link_to_training,
+    log_run_artifacts,
+    report_skipped,
+    trained_by,
+)
 
 
 def load_module(ckpt_path: str | Path) -> MRLLitModule:
@@ -55,6 +67,11 @@ def _device(spec: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec not in ("cpu", "cuda") and not str(spec).startswith("cuda:"):
         raise MRLError(f"device={spec!r}: use auto, cpu or cuda")
+    if spec != "cpu" and not torch.cuda.is_available():
+        raise MRLError(
+            f"device={spec} but no CUDA GPU is visible here (torch.cuda.is_available() is "
+            "False); use device=cpu or device=auto"
+        )
     return torch.device(spec)
 
 
@@ -122,65 +139,91 @@ def eval_task(cfg: DictConfig) -> dict[str, float]:
         min=1,
         hint="(the number of processes of the embedding pass)",
     )
-    run.path.mkdir(parents=True, exist_ok=True)
     evaluators = build_evaluators(OmegaConf.to_container(cfg.get("eval") or {}, resolve=False))
+    search_device = use_search_device(str((cfg.get("search") or {}).get("device", "auto")))
+    with search_device, RunDirClaim(run.path, "eval") as claim:  # search.device: before any write
+        if claim.fresh:  # a new run dir: nothing to protect, record the command at once
+            claim.commit(cfg)
+        with run_record(
+            claim.record_path, defer=not claim.fresh, task="eval", evaluators=list(evaluators)
+        ) as record:
+            return _eval(cfg, run, evaluators, devices, record, claim)
+
+
+def _eval(cfg: DictConfig, run: RunDir, evaluators, devices: int, record, claim) -> dict:
     extra = list(cfg.get("extra_dims") or [])
     only = _only_dims(cfg)
     plots = bool(cfg.get("plots", True))
     loggers: list = []
-    with run_record(run.record, task="eval", evaluators=list(evaluators)) as record:
-        try:
-            if cfg.get("embeddings"):
-                if devices > 1:
-                    print(f"embeddings: devices={devices} ignored (no embedding pass to share)")
-                data = EvalData.from_arrays(load_embeddings(cfg.embeddings, mmap=True))
-                if not _evaluators_chosen():  # the default list: what bare embeddings allow
-                    skipped = [n for n, e in evaluators.items() if e.needs_heads]
-                    evaluators = {n: e for n, e in evaluators.items() if not e.needs_heads}
-                    print(f"embeddings: skipping {skipped} (they need a model's trained heads)")
-                dims = eval_dims([], extra, data.width, only) or auto_dims(data.width)
-                return evaluate_arrays(
-                    data, evaluators, dims, run.path, title=str(cfg.embeddings), plots=plots
-                )
-            ckpt = Path(str(cfg.ckpt_path)).expanduser()
-            module = load_module(ckpt)
-            data_cfg = _data_config(cfg, ckpt)
-            dm = instantiate(data_cfg)
-            record.update(method=module.method, dims=module.dims, ckpt=str(ckpt))
-            device = _device(str(cfg.get("device", "auto")))
-            kwargs = dict(
-                meta={"ckpt": str(ckpt.resolve()), "ckpt_fingerprint": file_fingerprint(ckpt)},
-                extra_dims=extra,
-                dims=only,
-                use_cache=bool(cfg.get("cache", True)),
-                plots=plots,
-                title=f"{module.method} ({module.hparams.model.get('name')})",
-            )
-            logger_cfg = OmegaConf.to_container(cfg.get("logger") or {}, resolve=True)
-            wandb_name = {"name": cfg.get("run_name") or f"eval-{module.method}"}
+
+    def commit() -> None:  # every check passed: from here on the run dir is this command's
+        claim.commit(cfg)
+        record.commit()
+
+    try:
+        if cfg.get("embeddings"):
             if devices > 1:
-                match_data(module, dm)  # one-line errors before any process starts
-                record.update(processes=devices)
-                backend = "nccl" if device.type == "cuda" else "gloo"
-                spawn(
-                    _eval_worker,
-                    devices,
-                    (
-                        ckpt,
-                        data_cfg,
-                        evaluators,
-                        run.path,
-                        device.type,
-                        logger_cfg,
-                        wandb_name,
-                        kwargs,
-                    ),
-                    backend=backend,
-                )
-                return read_record(run.metrics)
-            loggers = instantiate_all(logger_cfg, wandb=wandb_name)
-            return evaluate_run(
-                module, dm, evaluators, run.path, device=device, loggers=loggers, **kwargs
+                print(f"embeddings: devices={devices} ignored (no embedding pass to share)")
+            data = EvalData.from_arrays(load_embeddings(cfg.embeddings, mmap=True))
+            if not _evaluators_chosen():  # the default list: what bare embeddings allow
+                skipped = [n for n, e in evaluators.items() if e.needs_heads]
+                evaluators = {n: e for n, e in evaluators.items() if not e.needs_heads}
+                print(f"embeddings: skipping {skipped} (they need a model's trained heads)")
+            dims = eval_dims([], extra, data.width, only) or auto_dims(data.width)
+            commit()
+            return evaluate_arrays(
+                data, evaluators, dims, run.path, title=str(cfg.embeddings), plots=plots
             )
-        finally:
-            close_wandb(loggers)
+        ckpt = Path(str(cfg.ckpt_path)).expanduser()
+        module = load_module(ckpt)
+        data_cfg = _data_config(cfg, ckpt)
+        dm = instantiate(data_cfg)
+        record.update(method=module.method, dims=module.dims, ckpt=str(ckpt))
+        device = _device(str(cfg.get("device", "auto")))
+        kwargs = dict(
+            meta={"ckpt": str(ckpt.resolve()), "ckpt_fingerprint": file_fingerprint(ckpt)},
+            extra_dims=extra,
+            dims=only,
+            use_cache=bool(cfg.get("cache", True)),
+            plots=plots,
+            title=f"{module.method} ({module.hparams.model.get('name')})",
+        )
+        logger_cfg = OmegaConf.to_container(cfg.get("logger") or {}, resolve=True)
+        wandb_name = {"name": cfg.get("run_name") or f"eval-{module.method}"}
+        link = trained_by(ckpt)  # W&B: the training run this evaluates (same group)
+        wandb_name.update(eval_init_kwargs(link))
+        if devices > 1:
+            match_data(module, dm)  # one-line errors before any process starts
+            record.update(processes=devices)
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            commit()
+            spawn(
+                _eval_worker,
+                devices,
+                (
+                    ckpt,
+                    data_cfg,
+                    evaluators,
+                    run.path,
+                    device.type,
+                    logger_cfg,
+                    wandb_name,
+                    kwargs,
+                ),
+                backend=backend,
+            )
+            return read_record(run.metrics)
+        match_data(module, dm)
+        commit()
+        loggers = instantiate_all(logger_cfg, wandb=wandb_name)
+        eval_cfg = OmegaConf.to_container(cfg, resolve=True)
+        record.update({"trained_by": t} if (t := link_to_training(loggers, link, eval_cfg)) else {})
+        metrics = evaluate_run(
+            module, dm, evaluators, run.path, device=device, loggers=loggers, **kwargs
+        )
+        settings = {**artifact_settings(logger_cfg), "checkpoints": False}  # the eval's input
+        record.update(log_run_artifacts(loggers, run.path, settings))
+        report_skipped(dm, record)
+        return metrics
+    finally:
+        close_wandb(loggers)

@@ -20,6 +20,7 @@ Reliability (see :mod:`mrl.run.resume`, :mod:`mrl.run.checkpoints`, :mod:`mrl.cl
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,15 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.environments import SLURMEnvironment
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mrl.core.errors import MRLError, NonFiniteLossError
+from mrl.core.errors import MRLError, NonFiniteLossError, Terminated
 from mrl.core.validate import integer
 from mrl.data.base import follow_model_transforms
 from mrl.eval.report import prefix_table
 from mrl.objectives.classification import MRLLitModule
 from mrl.run.checkpoints import AtomicCheckpointIO, fit_progress, remove_stale_temp_files
+from mrl.run.claim import RunDirClaim
 from mrl.run.distributed import worker_error
 from mrl.run.files import update_metrics_json
 from mrl.run.layout import RunDir
@@ -48,7 +51,17 @@ from mrl.run.resume import (
     stash_csv_logs,
     wandb_run_id,
 )
-from mrl.tasks.instantiate import close_wandb, instantiate, instantiate_all, unwrap
+from mrl.tasks.instantiate import (
+    artifact_settings,
+    best_checkpoint,
+    close_wandb,
+    instantiate,
+    instantiate_all,
+    log_prefix_table,
+    log_run_artifacts,
+    report_skipped,
+    unwrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +98,16 @@ def resolve_ckpt_path(cfg: DictConfig, out: Path) -> str | None:
     return str(path)
 
 
+def terminated(run: RunDir, trainer: pl.Trainer, stage: str) -> Terminated:
+    """The one-line error of a run stopped by SIGTERM (exit status 143)."""
+    kept = (
+        f"{run.last_ckpt} holds step {fit_progress(run.last_ckpt)[0]}: resume with ckpt_path=last"
+        if run.last_ckpt.is_file()
+        else "no checkpoint was written yet: run the command again"
+    )
+    return Terminated(f"terminated by SIGTERM while {stage} at step {trainer.global_step}; {kept}")
+
+
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return instantiate(cfg.data)
 
@@ -92,9 +115,17 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 def build_module(cfg: DictConfig, dm: Any) -> MRLLitModule:
     """The objective of ``cfg.objective`` (by its ``_target_``), completed by the data."""
     make = instantiate(cfg.objective)
-    module = make(
-        num_classes=int(dm.num_classes), in_chans=int(dm.in_chans), img_size=int(dm.img_size)
-    )
+    # what the data has of num_classes / in_chans / img_size (text data: no image sizes)
+    given = {k: getattr(dm, k, None) for k in ("num_classes", "in_chans", "img_size")}
+    try:
+        module = make(**{k: int(v) for k, v in given.items() if v is not None})
+    except TypeError as e:  # e.g. objective=classification on text data
+        if f"{make.func.__name__}.__init__()" not in str(e):
+            raise
+        raise MRLError(
+            f"objective {cfg.objective._target_} does not fit data "
+            f"{getattr(dm, 'name', '?')!r}: {e}"
+        ) from e
     follow_model_transforms(dm, module)  # timm's transform for the backbone
     return module
 
@@ -144,29 +175,51 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list) -> pl.Trainer
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train and test one model; return the final metrics (also in ``metrics.json``)."""
+    """Train and test one model; return the final metrics (also in ``metrics.json``).
+
+    The run dir is locked for the whole run, and nothing in it is written until the command
+    has passed every check (:mod:`mrl.run.claim`): a refused command leaves it as it was.
+    """
     run = RunDir(output_dir(cfg))
-    run.path.mkdir(parents=True, exist_ok=True)
-    previous = read_record(run.record)
-    if (
-        cfg.get("ckpt_path") == "auto"
-        and previous.get("status") == "completed"
-        and run.metrics.is_file()
-    ):  # sweeps re-run by `make reproduce-table1` reuse finished jobs
-        print(f"already completed: {run.path} (ckpt_path=auto reuses it)")
-        return read_record(run.metrics)
-    loggers: list = []
-    completed = False
-    with run_record(run.record, task="train", run_dir=str(run.path)) as info:
-        try:
-            final = _train(cfg, run, info, previous, loggers)
-            completed = True
-            return final
-        finally:
-            close_wandb(loggers, exit_code=0 if completed else 1)
+    with RunDirClaim(run.path, "train") as claim:
+        previous = claim.previous
+        if (
+            cfg.get("ckpt_path") == "auto"
+            and previous.get("status") == "completed"
+            and run.metrics.is_file()
+        ):  # sweeps re-run by `make reproduce-table1` reuse finished jobs
+            print(f"already completed: {run.path} (ckpt_path=auto reuses it)")
+            return read_record(run.metrics)
+        if claim.fresh:  # a new run dir: nothing to protect, record the command at once
+            claim.commit(cfg)
+        loggers: list = []
+        completed = False
+        with run_record(
+            claim.record_path, defer=not claim.fresh, task="train", run_dir=str(run.path)
+        ) as info:
+            try:
+                final = _train(cfg, run, info, previous, loggers, claim)
+                completed = True
+                return final
+            finally:
+                close_wandb(loggers, exit_code=0 if completed else 1)
 
 
-def _train(cfg: DictConfig, run: RunDir, info, previous: dict, loggers: list) -> dict[str, float]:
+def retire_metrics(run: RunDir) -> Path | None:
+    """Move an earlier ``metrics.json`` to ``metrics.previous-<n>.json`` (never mixed, never
+    lost) before a run that will write new ones; returns where it went."""
+    if not run.metrics.is_file():
+        return None
+    n = 1
+    while (dest := run.path / f"metrics.previous-{n}.json").exists():
+        n += 1
+    os.replace(run.metrics, dest)
+    return dest
+
+
+def _train(
+    cfg: DictConfig, run: RunDir, info, previous: dict, loggers: list, claim: RunDirClaim
+) -> dict[str, float]:
     validate_trainer_cfg(cfg)
     out = run.path
     ckpt_path = resolve_ckpt_path(cfg, out)
@@ -185,27 +238,37 @@ def _train(cfg: DictConfig, run: RunDir, info, previous: dict, loggers: list) ->
     if ckpt_path is not None:
         info["resumed_from"] = check_resume_checkpoint(ckpt_path, module)
         info["resumes"] = int(previous.get("resumes", 0)) + 1
-        remove_stale_temp_files(run.checkpoints)
-    info.save()
-    log.info("%s on %s: dims=%s", module.method, info["data"], module.dims)
 
     extra: dict[str, dict[str, Any]] = {
         "wandb": {"name": cfg.get("run_name") or f"{module.method}-{cfg.model.name}-s{cfg.seed}"}
     }
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    wid = None
     if wandb_cfg and "_target_" in wandb_cfg:
-        wid = wandb_run_id(out, wandb_cfg.get("id"))
+        wid = wandb_run_id(out, wandb_cfg.get("id"), write=False)
         extra["wandb"].update(id=wid, resume="allow")
         info["wandb_id"] = wid
     loggers.extend(instantiate_all(cfg.get("logger"), **extra))
-    if ckpt_path is not None:  # before CSVLogger deletes the rows logged so far
-        stash_csv_logs(loggers, info["resumed_from"]["global_step"])
     callbacks = instantiate_all(cfg.get("callbacks"))
     if in_submitit_job():  # requeue on pre-emption from a fresh last.ckpt (ckpt_path=auto)
         callbacks.append(PreemptionCheckpoint(run.last_ckpt))
     if not loggers:  # a learning-rate monitor needs a logger
         callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
     trainer = build_trainer(cfg, loggers, callbacks)
+
+    # Every check passed: from here on the run dir is this command's.
+    claim.commit(cfg, creator=ckpt_path is None)
+    info.commit()
+    if wid is not None:
+        wandb_run_id(out, wid)
+    moved = retire_metrics(run)
+    if moved is not None:
+        info["previous_metrics"] = moved.name
+    if ckpt_path is not None:
+        remove_stale_temp_files(run.checkpoints)
+        stash_csv_logs(loggers, info["resumed_from"]["global_step"])  # before CSVLogger starts
+    info.save()
+    log.info("%s on %s: dims=%s", module.method, info["data"], module.dims)
     for lg in loggers:
         lg.log_hyperparams(
             {
@@ -230,6 +293,8 @@ def _train(cfg: DictConfig, run: RunDir, info, previous: dict, loggers: list) ->
             )
             info.update(failed_step=e.step, failed_prefix=e.prefix)
             raise NonFiniteLossError(f"{e}{kept}", e.step, e.prefix) from e
+        except SIGTERMException:
+            raise terminated(run, trainer, "training") from None
     step, epochs = int(trainer.global_step), int(trainer.current_epoch)
     if step == 0 and run.last_ckpt.is_file():  # fitted in spawned processes (ddp_spawn)
         step, epochs = fit_progress(run.last_ckpt)
@@ -241,16 +306,27 @@ def _train(cfg: DictConfig, run: RunDir, info, previous: dict, loggers: list) ->
     }
     if cfg.get("test", True):
         adopt_csv_header(loggers)  # the fit may have logged from spawned processes
-        trainer.test(module, datamodule=dm, verbose=False)
+        try:
+            trainer.test(module, datamodule=dm, verbose=False)
+        except SIGTERMException:
+            raise terminated(run, trainer, "testing") from None
         metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     merge_csv_logs(loggers)
+    report_skipped(dm, info)
     final = update_metrics_json(
         run.metrics, {k.removesuffix("_epoch"): v for k, v in metrics.items()}
     )
     stage = "test" if cfg.get("test", True) else "val"
+    names = getattr(module, "report_metrics", None)  # text objectives: nDCG@10, R@10, ...
+    # W&B (mrl.tasks.instantiate): the per-prefix table and the run's artifacts
+    columns = [f"{stage}/{n}" for n in names or ("top1", "top5")]
+    log_prefix_table(loggers, f"{stage}/per_prefix", final, module.dims, columns)
+    settings = artifact_settings(cfg.get("logger"))
+    info.update(log_run_artifacts(loggers, out, settings, best_checkpoint(trainer)))
     print(
-        f"\n{module.method} ({cfg.model.name}, {info['data']}): {stage} accuracy (%) "
-        f"per prefix\n" + prefix_table(final, module.dims, [f"{stage}/top1", f"{stage}/top5"])
+        f"\n{module.method} ({cfg.model.name}, {info['data']}): {stage} "
+        f"{', '.join(names) if names else 'accuracy'} (%) per prefix\n"
+        + prefix_table(final, module.dims, [f"{stage}/{n}" for n in names or ("top1", "top5")])
     )
     print(f"run dir: {out}")
     return final
