@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,9 @@ def _check_rows(rows):
         assert r["value"] is None or isinstance(r["value"], int | float)
         assert isinstance(r["target"], str)
         assert isinstance(r["met"], bool)
+        assert r["verdict"] in ("met", "not met", "undecided")
+        if r.get("low") is not None:
+            assert r["low"] <= r["high"]
         if r["value"] is not None:
             assert r["target"].split()[0] in ("<=", ">=", "|x|")
 
@@ -84,9 +88,12 @@ def test_smoke_all_groups_write_json(bench_env, capsys):
         "peak_rss/train_default_gb",
     ):
         assert any(n.startswith(prefix) for n in names), (prefix, names)
-    # one table with the four columns, every row in it
+    # timed ratios carry their interval
+    timed = [r for r in rows if r["name"].startswith(("train_step/", "heads/", "eval/all"))]
+    assert timed and all(r["low"] is not None and r["high"] is not None for r in timed)
+    # one table with the five columns, every row in it
     header = next(line for line in stdout.splitlines() if line.startswith("name"))
-    assert header.split() == ["name", "value", "target", "met"]
+    assert header.split() == ["name", "value", "interval(95%)", "target", "verdict"]
     for n in names:
         assert n in stdout
 
@@ -127,17 +134,29 @@ def test_row_targets_and_table():
     assert not bench_common.row("d", None, ">=", 1.0)["met"]
     err = bench_common.error_row("e", ValueError("boom"))
     text = bench.table([r, err])
-    assert (
-        "a" in text
-        and "error" in text
-        and text.splitlines()[0].split()
-        == [
-            "name",
-            "value",
-            "target",
-            "met",
-        ]
+    assert "a" in text and "error" in text
+    assert text.splitlines()[0].split() == ["name", "value", "interval(95%)", "target", "verdict"]
+
+
+def test_intervals_decide_verdicts_and_straddling_is_undecided():
+    v = bench_common.verdict
+    assert v(1.01, "<=", 1.02, 0.99, 1.015) == "met"
+    assert v(1.01, "<=", 1.02, 0.95, 1.08) == "undecided"  # was "met" on the point estimate
+    assert v(1.10, "<=", 1.02, 1.05, 1.15) == "not met"
+    assert v(15.0, ">=", 14.0, 13.0, 16.0) == "undecided"
+    assert v(15.0, ">=", 14.0, 14.5, 16.0) == "met"
+    assert v(0.2, "|x| <=", 0.5, -0.1, 0.6) == "undecided"
+    assert v(None, ">=", 1.0, None, None) == "not met"
+    assert v(1.5, ">=", 1.0, None, None) == "met"  # no interval: the value decides
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1.0, 1.3, 15)  # load drift shared by both sides of a round
+    num, den = 2.0 * base * rng.normal(1, 0.01, 15), base * rng.normal(1, 0.01, 15)
+    low, high = bench_common.ratio_interval(list(num), list(den))
+    assert low < 2.0 < high and high - low < 0.1  # pairing removes the shared drift
+    noisy = bench_common.row(
+        "t", 1.0, "<=", 1.02, interval_of=(list(1 + 0.1 * rng.standard_normal(9)), [1.0] * 9)
     )
+    assert noisy["low"] < 1.0 < noisy["high"] and noisy["verdict"] == "undecided"
 
 
 def test_interleaved_order_and_medians():
@@ -187,3 +206,29 @@ def test_gpu_bench_script_exits_cleanly_without_gpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "skipping" in proc.stdout or "nothing to run" in proc.stdout
+
+
+def test_fashion_mnist_rows_pick_a_trained_model(tmp_path):
+    from scripts.bench import retrieval
+
+    def run(name: str, mtime: float, **rec) -> Path:
+        d = tmp_path / name
+        (d / "checkpoints").mkdir(parents=True)
+        base = dict(task="train", status="completed", method="MRL", model="resnet18")
+        (d / "run.json").write_text(json.dumps({**base, "data": "fashion_mnist", **rec}))
+        ckpt = d / "checkpoints" / "last.ckpt"
+        ckpt.write_bytes(b"x")
+        os.utime(ckpt, (mtime, mtime))
+        return ckpt
+
+    old = run("old", 1000)
+    new = run("new", 2000)
+    run("newer_but_ff", 3000, method="FF-512")
+    run("newer_but_failed", 4000, status="failed")
+    assert retrieval.newest_default_run(tmp_path) == new != old
+    assert retrieval.newest_default_run(tmp_path / "none") is None
+    assert retrieval.bench_fmnist_ckpt("given.ckpt", "full") == (
+        "given.ckpt",
+        "given with --fmnist-ckpt",
+    )
+    assert retrieval.bench_fmnist_ckpt(None, "smoke")[0] is None

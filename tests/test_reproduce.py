@@ -278,3 +278,17 @@ def test_reproduce_paper_adaptive_stage_on_a_trained_run(trained_run, tmp_path):
     ]
     md = files[1].read_text()
     assert "the cascade is at least as accurate" in md and "MRL, adaptive" in md
+
+
+def test_reproduce_paper_as_a_command_counts_failed_stages(tmp_path):
+    """``python scripts/reproduce_paper.py`` as a user runs it: a stage with no Table 1 runs to
+    read fails with one line naming what to run first, and the exit status counts it."""
+    r = run_cli(
+        "scripts/reproduce_paper.py", "--only", "adaptive", "--seeds", "0", "--out", str(tmp_path)
+    )
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    text = r.stdout + r.stderr
+    assert "no completed MRL run for seed 0" in text and "make reproduce-table1" in text
+    assert "failed stages: adaptive" in text
+    r = run_cli("scripts/reproduce_paper.py", "--only", "nope", "--out", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: --only='nope'")

@@ -2,7 +2,15 @@
 
 A *row* is one measured ratio (or memory figure) with its target::
 
-    {"name": ..., "value": 1.012, "target": "<= 1.05", "met": true, "unit": "x", ...extras}
+    {"name": ..., "value": 1.012, "target": "<= 1.05", "met": true, "unit": "x",
+     "low": 0.98, "high": 1.04, "verdict": "met", ...extras}
+
+``value`` is the point estimate (a ratio of medians). Timed ratios also carry ``low`` /
+``high``: a 95% paired-bootstrap interval of that ratio over the interleaved rounds (round
+``i`` of both sides ran back to back, so rounds are resampled together). ``verdict`` is
+``met`` when the whole interval satisfies the target, ``not met`` when none of it does and
+``undecided`` when it straddles the target; a row without an interval (an accuracy, a memory
+figure, a single whole run) is judged on its value. ``met`` keeps the point-estimate test.
 
 Timing rules used by every CPU benchmark: both sides run in the same process, their
 repetitions are interleaved (A B C A B C ...) so that load drift on a shared machine hits all
@@ -27,17 +35,54 @@ CACHE_ENV = "MRL_BENCH_CACHE"
 
 
 # ----------------------------------------------------------------------------- rows
+def ratio_interval(
+    num: list[float], den: list[float], level: float = 0.95, n_boot: int = 4000, seed: int = 0
+) -> tuple[float, float]:
+    """Paired-bootstrap interval of ``median(num) / median(den)`` (rounds resampled together)."""
+    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError("need two or more paired rounds")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))
+
+
+def verdict(
+    value: float | None, op: str, threshold: float, low: float | None, high: float | None
+) -> str:
+    """``met`` / ``not met`` / ``undecided`` (see the module docstring)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "not met"
+    if low is None or high is None:
+        low = high = value
+    if op == "<=":
+        ok, bad = high <= threshold, low > threshold
+    elif op == ">=":
+        ok, bad = low >= threshold, high < threshold
+    elif op == "|x| <=":
+        ok = max(abs(low), abs(high)) <= threshold
+        bad = low > threshold or high < -threshold
+    else:
+        raise ValueError(f"unknown comparison {op!r}")
+    return "met" if ok else "not met" if bad else "undecided"
+
+
 def row(
     name: str,
     value: float | None,
     op: str,
     threshold: float,
     unit: str = "x",
+    interval_of: tuple[list[float], list[float]] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """A result row; ``met`` is ``value op threshold`` (False when value is None/NaN).
 
     ``op`` is ``"<="``, ``">="`` or ``"|x| <="`` (absolute value within the threshold).
+    ``interval_of=(num_times, den_times)``: the per-round times whose median ratio is
+    ``value``; adds ``low`` / ``high`` (:func:`ratio_interval`) and decides ``verdict``.
     """
     ok = value is not None and not (isinstance(value, float) and math.isnan(value))
     if ok and op == "<=":
@@ -50,11 +95,17 @@ def row(
         raise ValueError(f"unknown comparison {op!r}")
     else:
         met = False
+    low = high = None
+    if interval_of is not None and ok and len(interval_of[0]) >= 2:
+        low, high = ratio_interval(*interval_of)
     return {
         "name": name,
         "value": None if value is None else float(value),
         "target": f"{op} {threshold:g}",
         "met": bool(met),
+        "low": low,
+        "high": high,
+        "verdict": verdict(None if not ok else float(value), op, threshold, low, high),
         "unit": unit,
         "target_op": op,
         "target_value": float(threshold),
@@ -66,7 +117,14 @@ def error_row(name: str, exc: BaseException | str) -> dict[str, Any]:
     """A row for a benchmark that could not run: value null, met false, the error kept."""
     msg = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
     msg = " ".join(str(msg).split())[:400]
-    return {"name": name, "value": None, "target": "-", "met": False, "error": msg}
+    return {
+        "name": name,
+        "value": None,
+        "target": "-",
+        "met": False,
+        "verdict": "not met",
+        "error": msg,
+    }
 
 
 # ----------------------------------------------------------------------------- timing

@@ -42,8 +42,8 @@ def all_vs_largest(
     reps: int,
     module: Any = None,
     num_classes: int = 10,
-) -> tuple[float, float, dict[str, dict[str, float]]]:
-    """Median seconds of ``run_evaluators`` at ``dims_all`` and at ``[max(dims_all)]``.
+) -> tuple[list[float], list[float], dict[str, dict[str, float]]]:
+    """Seconds per round of ``run_evaluators`` at ``dims_all`` and at ``[max(dims_all)]``.
 
     ``evaluators`` are names of ``conf/eval/<name>.yaml`` (their settings as eval.py's).
 
@@ -76,7 +76,7 @@ def all_vs_largest(
     stages = {
         key: {k: round(median([s[k] for s in secs[key]]), 3) for k in secs[key][0]} for key in secs
     }
-    return median(times["all"]), median(times["largest"]), stages
+    return times["all"], times["largest"], stages
 
 
 def eval_prefixes(n: int, n_queries: int, width: int, reps: int) -> list[dict[str, Any]]:
@@ -86,13 +86,15 @@ def eval_prefixes(n: int, n_queries: int, width: int, reps: int) -> list[dict[st
     synth = Synthetic(width, 10, seed=1)
     arrays = synth.dataset(n, n_queries)
     dims_all = auto_dims(width)
-    t_all, t_one, stages = all_vs_largest(arrays, EVALUATORS, dims_all, reps)
+    times_all, times_one, stages = all_vs_largest(arrays, EVALUATORS, dims_all, reps)
+    t_all, t_one = median(times_all), median(times_one)
     return [
         row(
             "eval/all_prefixes_vs_largest",
             t_all / t_one,
             "<=",
             1.5,
+            interval_of=(times_all, times_one),
             seconds=t_all,
             seconds_largest=t_one,
             stages_all=stages["all"],
@@ -141,7 +143,8 @@ def eval_fmnist(
     t_embed = time.perf_counter() - t0
     dims_all = list(module.dims)
     width = dims_all[-1]
-    t_all, t_one, stages = all_vs_largest(arrays, EVALUATORS_FMNIST, dims_all, reps, module)
+    times_all, times_one, stages = all_vs_largest(arrays, EVALUATORS_FMNIST, dims_all, reps, module)
+    t_all, t_one = median(times_all), median(times_one)
     n_img = sum(len(v) for k, v in arrays.items() if k.endswith("_x"))
     return [
         row(
@@ -149,6 +152,7 @@ def eval_fmnist(
             (t_embed + t_all) / (t_embed + t_one),
             "<=",
             1.5,
+            interval_of=([t_embed + t for t in times_all], [t_embed + t for t in times_one]),
             embed_seconds=t_embed,
             evaluators_all_seconds=t_all,
             evaluators_largest_seconds=t_one,
