@@ -256,18 +256,20 @@ def _train(
         callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
     trainer = build_trainer(cfg, loggers, callbacks)
 
-    # Every check passed: from here on the run dir is this command's.
+    # Every check passed: from here on the run dir is this command's (rank 0's: ranks started
+    # by Lightning's script launcher run this task too, and write nothing of their own).
     claim.commit(cfg, creator=ckpt_path is None)
-    info.commit()
-    if wid is not None:
-        wandb_run_id(out, wid)
-    moved = retire_metrics(run)
-    if moved is not None:
-        info["previous_metrics"] = moved.name
-    if ckpt_path is not None:
-        remove_stale_temp_files(run.checkpoints)
-        stash_csv_logs(loggers, info["resumed_from"]["global_step"])  # before CSVLogger starts
-    info.save()
+    if not claim.child:
+        info.commit()
+        if wid is not None:
+            wandb_run_id(out, wid)
+        moved = retire_metrics(run)
+        if moved is not None:
+            info["previous_metrics"] = moved.name
+        if ckpt_path is not None:
+            remove_stale_temp_files(run.checkpoints)
+            stash_csv_logs(loggers, info["resumed_from"]["global_step"])  # before CSVLogger
+        info.save()
     log.info("%s on %s: dims=%s", module.method, info["data"], module.dims)
     for lg in loggers:
         lg.log_hyperparams(
