@@ -41,3 +41,17 @@ def clusters() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def make_data():
     """The :func:`make_clusters` factory, for tests that need another size."""
     return make_clusters
+
+
+@pytest.fixture(scope="module")
+def pixels() -> dict[str, np.ndarray]:
+    """600 real Fashion-MNIST images as 784-d embeddings (in [0, 1]): 400 train (database),
+    200 test (queries)."""
+    from mrl.data.fashion_mnist import find_idx_files
+    from mrl.data.idx import read_idx
+
+    files = find_idx_files("/usr/share/datasets/fashion-mnist")
+    assert files, "Fashion-MNIST IDX files are needed (make data)"
+    x = read_idx(files["train_images"])[:600].reshape(600, -1).astype(np.float32) / 255
+    y = read_idx(files["train_labels"])[:600].astype(np.int64)
+    return dict(train_x=x[:400], train_y=y[:400], test_x=x[400:], test_y=y[400:])

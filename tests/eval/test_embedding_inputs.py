@@ -11,8 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from mrl import MRLError
-from mrl.data.fashion_mnist import find_idx_files
-from mrl.data.idx import read_idx
 from mrl.eval.cache import load_embeddings
 from mrl.eval.pipeline import eval_dims
 from mrl.eval.registry import EvalData
@@ -20,16 +18,6 @@ from mrl.eval.search import prefix_neighbors
 from mrl_test_utils import run_cli_cases
 
 NAMES = ("train_x", "train_y", "test_x", "test_y")
-
-
-@pytest.fixture(scope="module")
-def pixels() -> dict[str, np.ndarray]:
-    """600 real Fashion-MNIST images (784-d in [0, 1]): 400 train, 200 test."""
-    files = find_idx_files("/usr/share/datasets/fashion-mnist")
-    assert files, "Fashion-MNIST IDX files are needed (make data)"
-    x = read_idx(files["train_images"])[:600].reshape(600, -1).astype(np.float32) / 255
-    y = read_idx(files["train_labels"])[:600].astype(np.int64)
-    return dict(train_x=x[:400], train_y=y[:400], test_x=x[400:], test_y=y[400:])
 
 
 def write_parquet(path, arrays, fixed: bool = True, names=("embedding", "label", "split")):

@@ -7,8 +7,6 @@ import pytest
 
 from mrl import MRLError
 from mrl.core.nesting import truncate
-from mrl.data.fashion_mnist import find_idx_files
-from mrl.data.idx import read_idx
 from mrl.eval import KNN, EvalData, Linear, Retrieval, build_evaluators, run_evaluators
 from mrl.eval.quantize import (
     bytes_per_vector,
@@ -49,16 +47,6 @@ GOLDEN = {
     "retrieval/mAP@25@d392": 0.4307942345952533,
     "retrieval/mAP@25@d784": 0.47396644051629705,
 }
-
-
-@pytest.fixture(scope="module")
-def pixels() -> dict[str, np.ndarray]:
-    """600 real Fashion-MNIST images as 784-d embeddings: 400 database, 200 queries."""
-    files = find_idx_files("/usr/share/datasets/fashion-mnist")
-    assert files, "Fashion-MNIST IDX files are needed (make data)"
-    x = read_idx(files["train_images"])[:600].reshape(600, -1).astype(np.float32) / 255
-    y = read_idx(files["train_labels"])[:600].astype(np.int64)
-    return dict(train_x=x[:400], train_y=y[:400], test_x=x[400:], test_y=y[400:])
 
 
 def _normalised(x: np.ndarray, m: int) -> np.ndarray:

@@ -22,26 +22,13 @@ from mrl.objectives.nested import MatryoshkaLoss, NestedObjective
 from mrl.objectives.optim import optim_settings
 
 
-def build_backbone(model: dict[str, Any], in_chans: int, img_size: int) -> Backbone:
-    """The backbone of a ``model`` config: its ``_target_`` (default :class:`Backbone`, any timm
-    name) called with the other keys and the data's ``in_chans`` and ``img_size``;
-    ``small_input_stem: auto`` is true for ResNets on images under 64 px. A custom class must
-    keep Backbone's contract: ``forward(x) -> (B, width)``, ``width`` and ``expand_to(d)``."""
+def instantiate_model(target: str, model: dict[str, Any], **extra: Any) -> Any:
+    """``target`` called with the ``model`` keys and ``extra``; any failure is one MRLError
+    (an MRLError raised inside is passed on as it is)."""
     from hydra.utils import instantiate
 
-    model = dict(model)
-    target = model.pop("_target_", "mrl.models.Backbone")
-    model.pop("_partial_", None)
-    stem = model.pop("small_input_stem", "auto")
-    if stem == "auto":
-        stem = img_size < 64 and "resnet" in str(model.get("name"))
     try:
-        backbone = instantiate(
-            {"_target_": target, **model},
-            in_chans=in_chans,
-            img_size=img_size,
-            small_input_stem=bool(stem),
-        )
+        return instantiate({"_target_": target, **model}, **extra)
     except MRLError:
         raise
     except Exception as e:  # noqa: BLE001 - Hydra wraps the cause; keep one line
@@ -49,6 +36,23 @@ def build_backbone(model: dict[str, Any], in_chans: int, img_size: int) -> Backb
         if cause is not None:
             raise cause from None
         raise MRLError(f"model._target_={target!r} could not be built: {e}") from e
+
+
+def build_backbone(model: dict[str, Any], in_chans: int, img_size: int) -> Backbone:
+    """The backbone of a ``model`` config: its ``_target_`` (default :class:`Backbone`, any timm
+    name) called with the other keys and the data's ``in_chans`` and ``img_size``;
+    ``small_input_stem: auto`` is true for ResNets on images under 64 px. A custom class must
+    keep Backbone's contract: ``forward(x) -> (B, width)``, ``width`` and ``expand_to(d)``."""
+
+    model = dict(model)
+    target = model.pop("_target_", "mrl.models.Backbone")
+    model.pop("_partial_", None)
+    stem = model.pop("small_input_stem", "auto")
+    if stem == "auto":
+        stem = img_size < 64 and "resnet" in str(model.get("name"))
+    backbone = instantiate_model(
+        target, model, in_chans=in_chans, img_size=img_size, small_input_stem=bool(stem)
+    )
     if not all(hasattr(backbone, a) for a in ("width", "expand_to")):
         raise MRLError(
             f"model._target_={target!r} built a {type(backbone).__name__} without the Backbone "

@@ -44,20 +44,12 @@ MODEL_TARGET = "mrl.models.text.TextEncoder"
 
 def build_text_encoder(model: dict[str, Any]):
     """The encoder of a ``model`` config (``_target_`` default :class:`TextEncoder`)."""
-    from hydra.utils import instantiate
+    from mrl.objectives.classification import instantiate_model
 
     model = dict(model)
     target = model.pop("_target_", MODEL_TARGET)
     model.pop("_partial_", None)
-    try:
-        encoder = instantiate({"_target_": target, **model})
-    except MRLError:
-        raise
-    except Exception as e:  # noqa: BLE001 - Hydra wraps the cause; keep one line
-        cause = e.__cause__ if isinstance(e.__cause__, MRLError) else None
-        if cause is not None:
-            raise cause from None
-        raise MRLError(f"model._target_={target!r} could not be built: {e}") from e
+    encoder = instantiate_model(target, model)
     if not all(hasattr(encoder, a) for a in ("width", "expand_to", "tokenize", "tokenizer_fn")):
         raise MRLError(
             f"objective=contrastive needs a text model (model=hf_text); model._target_={target!r} "
