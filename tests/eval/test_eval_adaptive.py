@@ -204,3 +204,47 @@ def test_adaptive_retrieval_errors(retrieval_data):
         adaptive_retrieval(db, db_y, q[:, :8], q_y)
     with pytest.raises(MRLError, match="repeats=0 must be a positive integer"):
         adaptive_retrieval(db, db_y, q, q_y, repeats=0)
+
+
+def test_adaptive_retrieval_index_stages(retrieval_data, tmp_path):
+    """Stage mappings (binary / ivf shortlists) in the same evaluator; outputs keep their keys
+    and add recall, bytes per vector and build time; the index is cached by content."""
+    db, db_y, q, q_y = retrieval_data
+    binary = [{"dim": 64, "keep": 200, "precision": "binary"}, (64, 10)]
+    out = adaptive_retrieval(db, db_y, q, q_y, funnel=binary, repeats=1)
+    assert out["adaptive_ret/mAP@10"] >= out["adaptive_ret/exact_mAP@10"] - 0.05
+    assert out["adaptive_ret/recall@10"] == out["adaptive_ret/overlap@10"] > 0.7
+    assert out["adaptive_ret/bytes_per_vector"] == 64 / 8 + 4 * 64
+    assert "adaptive_ret/flops_ratio" not in out  # defined for flat float32 shortlists only
+    ivf = [{"dim": 16, "keep": 100, "index": "ivf", "d_c": 8, "nlist": 20, "nprobe": 20}, (64, 10)]
+    first = adaptive_retrieval(db, db_y, q, q_y, funnel=ivf, repeats=1, index_cache=tmp_path)
+    again = adaptive_retrieval(db, db_y, q, q_y, funnel=ivf, repeats=1, index_cache=tmp_path)
+    assert len(list(tmp_path.glob("funnel-*/*.faiss"))) == 2
+    assert again["adaptive_ret/mAP@10"] == first["adaptive_ret/mAP@10"]
+    # nprobe = nlist: the shortlist is exact at 16-d, as the flat funnel of the same sizes
+    flat = adaptive_retrieval(db, db_y, q, q_y, funnel=[(16, 100), (64, 10)], repeats=1)
+    assert first["adaptive_ret/mAP@10"] == flat["adaptive_ret/mAP@10"]
+
+
+def test_adaptive_evaluator_config_stages_and_cache_beside_embeddings(retrieval_data, tmp_path):
+    """The evaluator takes stage mappings from the config (OmegaConf lists) and, for
+    memory-mapped embeddings, caches the index in an indexes/ folder beside them."""
+    from omegaconf import OmegaConf
+
+    from mrl.eval import AdaptiveRetrieval
+    from mrl.eval.cache import load_embeddings, save_embeddings
+    from mrl.eval.registry import EvalData
+
+    db, db_y, q, q_y = retrieval_data
+    folder = save_embeddings(
+        tmp_path / "embeddings", dict(train_x=db, train_y=db_y, test_x=q, test_y=q_y), {}
+    )
+    data = EvalData.from_arrays(load_embeddings(folder))
+    cfg = OmegaConf.create(
+        {"funnel": [{"dim": 16, "keep": 100, "index": "hnsw"}, [64, 10]], "repeats": 1}
+    )
+    ev = AdaptiveRetrieval(**cfg)
+    out = ev(data, [64])
+    assert out["adaptive_ret/mAP@10"] >= out["adaptive_ret/exact_mAP@10"] - 0.05
+    assert len(list((folder / "indexes").glob("funnel-*/hnsw-*.faiss"))) == 1
+    assert AdaptiveRetrieval(index_cache=None, repeats=1).cache_folder(data) is None

@@ -38,7 +38,8 @@ Adaptive retrieval
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ import numpy as np
 from mrl.core.errors import MRLError
 from mrl.core.nesting import truncate
 from mrl.core.validate import as_labels, as_matrix, positive_int
+from mrl.eval.funnel import Funnel, Stage, check_funnel
 from mrl.eval.registry import EvalData, Evaluator
 from mrl.eval.retrieval import map_at_k
 from mrl.eval.search import exact_search, faiss, search_backend
@@ -264,30 +266,28 @@ def rerank_scores(database: np.ndarray, queries: np.ndarray, candidates: np.ndar
 
 
 def _funnel(
-    funnel: Sequence[tuple[int, int]] | None,
+    funnel: Sequence[Any] | None,
     d_shortlist: int,
     d_rerank: int,
     shortlist_k: int,
     k: int,
     width: int,
     n: int,
-) -> list[tuple[int, int]]:
+) -> list[Stage]:
+    """The checked stages (:func:`mrl.eval.funnel.check_funnel`); the default is
+    ``[(d_shortlist, shortlist_k), (min(d_rerank, width), k)]``."""
     stages = [(d_shortlist, shortlist_k), (min(d_rerank, width), k)] if funnel is None else funnel
-    stages = [(positive_int(d, "funnel dim"), positive_int(kk, "funnel keep")) for d, kk in stages]
-    if not stages:
-        raise MRLError("funnel is empty; give stages such as [(16, 200), (2048, 10)]")
-    dims, keeps = [d for d, _ in stages], [kk for _, kk in stages]
-    if max(dims) > width:
-        raise MRLError(f"funnel={stages}: dim {max(dims)} exceeds the embedding width {width}")
-    if keeps[0] > n:
-        raise MRLError(
-            f"funnel={stages}: keeps {keeps[0]} but the database has {n} items; use <= {n}"
-        )
-    if any(b > a for a, b in zip(keeps, keeps[1:], strict=False)) or keeps[-1] < k:
-        raise MRLError(
-            f"funnel={stages}: keep counts must not increase and the last must be >= k={k}"
-        )
-    return stages
+    if funnel is not None and not isinstance(funnel, (list, tuple)) and hasattr(funnel, "__iter__"):
+        stages = list(funnel)
+    for i, s in enumerate(stages):
+        if isinstance(s, (list, tuple)) and len(s) == 2:
+            positive_int(s[0], "funnel dim"), positive_int(s[1], "funnel keep")
+        elif not isinstance(s, (Stage, Mapping, list, tuple)):
+            raise MRLError(
+                f"funnel stage {i + 1}={s!r}: give (dim, keep) or {{dim: .., keep: .., "
+                "precision: .., index: ..}"
+            )
+    return check_funnel(stages, width, n, k)
 
 
 def adaptive_retrieval(
@@ -299,9 +299,10 @@ def adaptive_retrieval(
     d_rerank: int = 2048,
     shortlist_k: int = 200,
     k: int = 10,
-    funnel: Sequence[tuple[int, int]] | None = None,
+    funnel: Sequence[Any] | None = None,
     repeats: int = 3,
     device: str | None = None,
+    index_cache: str | Path | None = None,
 ) -> dict[str, float]:
     """Shortlist at a small prefix, rerank at a large one; compare with exact search.
 
@@ -312,21 +313,29 @@ def adaptive_retrieval(
         d_rerank: rerank prefix (paper: 2048), clipped to the width ``d``.
         shortlist_k: shortlist length ``K`` (paper: 200).
         k: results returned and scored (mAP@k, top-1).
-        funnel: optional stages ``[(dim, keep), ...]`` replacing the two defaults, e.g.
-            ``[(16, 200), (64, 100), (256, 50), (2048, 10)]``; its last dim is the exact
-            baseline's dim.
+        funnel: optional stages replacing the two defaults: ``(dim, keep)`` pairs, e.g.
+            ``[(16, 200), (64, 100), (256, 50), (2048, 10)]``, or :class:`mrl.eval.funnel.Stage`
+            fields, e.g. ``[{dim: 64, keep: 1000, precision: binary}, {dim: 2048, keep: 10}]``
+            (a shortlist index: flat / hnsw / ivf / ivfpq / opq at float32 / float16 / int8 /
+            binary / pq, see :mod:`mrl.eval.funnel`); its last dim is the exact baseline's.
         repeats: timed runs of each method; the median is reported.
         device: ``auto|cpu|cuda`` (default: ``eval.py search.device``, else auto; see
-            :mod:`mrl.eval.search`). On CUDA both methods run on the GPU: the exact search
-            and the shortlist with FAISS GPU or torch, the rerank with torch (a gather and a
-            batched product per query block); the stored prefixes stay on the GPU.
+            :mod:`mrl.eval.search`). On CUDA both methods run on the GPU: with flat/float32
+            stages the exact search and the shortlist with FAISS GPU or torch, the rerank
+            with torch (a gather and a batched product per query block); index stages need
+            FAISS GPU (their rerank stays on the CPU).
+        index_cache: folder where the shortlist index is cached, keyed by the database's
+            content (None: built every time).
 
     Returns:
         ``adaptive_ret/mAP@{k}``, ``adaptive_ret/exact_mAP@{k}``, ``adaptive_ret/top1``,
-        ``adaptive_ret/exact_top1``, ``adaptive_ret/overlap@{k}`` (share of the exact top-k
-        ids found), ``adaptive_ret/flops_ratio`` (exact / adaptive, theoretical),
-        ``adaptive_ret/speedup`` (exact / adaptive seconds), ``adaptive_ret/seconds`` and
-        ``adaptive_ret/exact_seconds`` (medians, all queries).
+        ``adaptive_ret/exact_top1``, ``adaptive_ret/overlap@{k}`` and
+        ``adaptive_ret/recall@{k}`` (share of the exact top-k ids found: the same number),
+        ``adaptive_ret/flops_ratio`` (exact / adaptive, theoretical; flat/float32 shortlists
+        only), ``adaptive_ret/speedup`` (exact / adaptive seconds), ``adaptive_ret/seconds``
+        and ``adaptive_ret/exact_seconds`` (medians, all queries),
+        ``adaptive_ret/bytes_per_vector`` (index storage, :meth:`Funnel.bytes_per_vector`)
+        and ``adaptive_ret/build_seconds`` (index build or cache load).
     """
     database, queries = as_matrix(database, "database"), as_matrix(queries, "queries")
     if database.shape[1] != queries.shape[1]:
@@ -338,28 +347,34 @@ def adaptive_retrieval(
     k, repeats = positive_int(k, "k"), positive_int(repeats, "repeats")
     n, width = database.shape
     stages = _funnel(funnel, d_shortlist, d_rerank, shortlist_k, k, width, n)
-    d_final = stages[-1][0]
+    d_final = stages[-1].dim
+    all_flat = all(s.index == "flat" and s.prec == "float32" for s in stages)
 
-    # built once, outside the timed region: the normalised prefixes, which the exact
-    # searches scan and the rerank reads by id (one copy per stage dim)
-    stored = {d: truncate(database, d, normalize=True) for d in {d for d, _ in stages}}
+    # built once, outside the timed region: the normalised prefixes (and the shortlist index)
     backend = search_backend(device)
-    if backend == "cpu":
+    t_build = time.perf_counter()
+    if backend == "cpu" or not all_flat:
+        engine = Funnel(stages, k, device=device).build(database, cache_dir=index_cache)
+        stored_final = engine.stores.get(d_final)
+        if stored_final is None:  # a one-stage funnel
+            stored_final = truncate(database, d_final, normalize=True)
+        t_build = engine.build_seconds
 
         def search(d: int, keep: int) -> np.ndarray:
             q = truncate(queries, d, normalize=True)
-            return exact_search(stored[d], q, keep, use_gpu=False)[1]
+            return exact_search(stored_final, q, keep, device=engine.first.device)[1]
 
         def adaptive() -> np.ndarray:
-            d0, keep0 = stages[0]
-            ids = search(d0, keep0)
-            for d, keep in stages[1:]:
-                scores = rerank_scores(stored[d], truncate(queries, d, normalize=True), ids)
-                order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
-                ids = np.take_along_axis(ids, order, axis=1)
-            return ids[:, :k]
+            return engine.search(queries)[1]
+
+        bytes_per_vector = engine.bytes_per_vector()
     else:
-        search, adaptive = _gpu_funnel(stored, queries, stages, k, backend)
+        stored = {d: truncate(database, d, normalize=True) for d in {s.dim for s in stages}}
+        search, adaptive = _gpu_funnel(
+            stored, queries, [(s.dim, s.keep) for s in stages], k, backend
+        )
+        t_build = time.perf_counter() - t_build
+        bytes_per_vector = sum(4.0 * d for d in stored)
 
     def exact() -> np.ndarray:
         return search(d_final, k)
@@ -372,22 +387,29 @@ def adaptive_retrieval(
             ids[name] = fn()
             times[name].append(time.perf_counter() - start)
     t_exact, t_adaptive = float(np.median(times["exact"])), float(np.median(times["adaptive"]))
-    hits = db_y[ids["adaptive"]] == q_y[:, None]
+    found = ids["adaptive"] >= 0
+    hits = (db_y[ids["adaptive"].clip(0)] == q_y[:, None]) & found
     exact_hits = db_y[ids["exact"]] == q_y[:, None]
-    shared = (ids["adaptive"][:, :, None] == ids["exact"][:, None, :]).any(axis=2)
-    adaptive_flops = n * stages[0][0] + sum(
-        keep * d for (_, keep), (d, _) in zip(stages[:-1], stages[1:], strict=True)
-    )
-    return {
+    shared = (ids["adaptive"][:, :, None] == ids["exact"][:, None, :]).any(axis=2) & found
+    out = {
         f"adaptive_ret/mAP@{k}": float(map_at_k(hits, k).mean()),
         f"adaptive_ret/exact_mAP@{k}": float(map_at_k(exact_hits, k).mean()),
         "adaptive_ret/top1": float(hits[:, 0].mean()),
         "adaptive_ret/exact_top1": float(exact_hits[:, 0].mean()),
         f"adaptive_ret/overlap@{k}": float(shared.mean()),
-        "adaptive_ret/flops_ratio": n * d_final / adaptive_flops,
+        f"adaptive_ret/recall@{k}": float(shared.mean()),
+    }
+    if stages[0].index == "flat" and stages[0].prec == "float32":
+        adaptive_flops = n * stages[0].dim + sum(
+            a.keep * b.dim for a, b in zip(stages[:-1], stages[1:], strict=True)
+        )
+        out["adaptive_ret/flops_ratio"] = n * d_final / adaptive_flops
+    return out | {
         "adaptive_ret/speedup": t_exact / t_adaptive,
         "adaptive_ret/seconds": t_adaptive,
         "adaptive_ret/exact_seconds": t_exact,
+        "adaptive_ret/bytes_per_vector": float(bytes_per_vector),
+        "adaptive_ret/build_seconds": float(t_build),
     }
 
 
@@ -456,12 +478,54 @@ class AdaptiveClassification(Evaluator):
 
 class AdaptiveRetrieval(Evaluator):
     """``adaptive_ret/*``: funnel retrieval (shortlist, rerank) against exact search at the
-    rerank dim (``d_rerank: max`` = the full width), with its own prefixes."""
+    rerank dim (``d_rerank: max`` = the full width), with its own prefixes.
 
-    def __init__(self, d_rerank: int | str | None = "max", funnel=None, **settings: Any) -> None:
+    ``funnel``: ``(dim, keep)`` pairs or stage mappings (:mod:`mrl.eval.funnel`).
+    ``index_cache``: ``auto`` = an ``indexes/`` folder beside memory-mapped embeddings (the
+    run dir's cache), nothing for in-memory ones; ``null`` = never cache; else a folder.
+    """
+
+    def __init__(
+        self,
+        d_rerank: int | str | None = "max",
+        funnel=None,
+        index_cache: str | None = "auto",
+        **settings: Any,
+    ) -> None:
         self.d_rerank = d_rerank
-        self.funnel = [tuple(s) for s in funnel] if funnel else None
+        self.funnel = (
+            [dict(s) if isinstance(s, Mapping) else tuple(s) for s in funnel] if funnel else None
+        )
+        self.index_cache = index_cache
         self.settings = settings
+
+    def size_problem(self, sizes: Mapping[str, int], num_classes: int, width: int) -> str | None:
+        """The funnel checked against the database size and width before any embedding."""
+        d_rerank = width if self.d_rerank in (None, "max") else int(self.d_rerank)
+        opts = {
+            k: self.settings[k] for k in ("d_shortlist", "shortlist_k", "k") if k in self.settings
+        }
+        try:
+            _funnel(
+                self.funnel,
+                int(opts.get("d_shortlist", 16)),
+                d_rerank,
+                int(opts.get("shortlist_k", 200)),
+                int(opts.get("k", 10)),
+                width,
+                int(sizes.get("train", 0)),
+            )
+        except MRLError as e:
+            return str(e)
+        return None
+
+    def cache_folder(self, data: EvalData) -> Path | None:
+        if self.index_cache in (None, "", "none", "null"):
+            return None
+        if self.index_cache != "auto":
+            return Path(str(self.index_cache)).expanduser()
+        source = getattr(data.train_x, "filename", None)
+        return Path(source).parent / "indexes" if source else None
 
     def __call__(self, data: EvalData, dims: Sequence[int]) -> dict[str, float]:
         d_rerank = data.width if self.d_rerank in (None, "max") else int(self.d_rerank)
@@ -472,5 +536,6 @@ class AdaptiveRetrieval(Evaluator):
             data.test_y,
             d_rerank=d_rerank,
             funnel=self.funnel,
+            index_cache=self.cache_folder(data),
             **self.settings,
         )
