@@ -116,3 +116,107 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line(tmp_path, monkeypatc
     message = user_message(info.value)
     assert message.startswith(f"cannot use {target}: No space left on device (the disk is full)")
     assert not list(target.parent.iterdir())  # no half-written temp file left behind
+
+
+def test_unknown_setting_is_one_line_naming_the_valid_ones():
+    """``+data.split=...`` on a data module without that setting: one line naming it and the
+    settings the class (and its base classes) take, not Hydra's wrapped TypeError."""
+    from omegaconf import OmegaConf
+
+    from mrl.tasks.instantiate import instantiate
+
+    node = OmegaConf.create({"data": {"_target_": "mrl.data.FashionMNISTDataModule", "split": 1}})
+    with pytest.raises(MRLError) as info:
+        instantiate(node.data)
+    msg = str(info.value)
+    assert msg.startswith("data.split is not a setting of FashionMNISTDataModule; valid settings:")
+    assert "augment" in msg and "batch_size" in msg  # its own and MRLDataModule's
+    assert "\n" not in msg
+
+
+def test_user_message_terminates_on_a_looping_exception_chain():
+    """An exception that is its own cause (``raise e from e``) once made the error wrapper
+    loop forever; the message is now produced."""
+    from hydra.errors import InstantiationException
+
+    from mrl.cli import user_message
+
+    e = InstantiationException("Error in call to target 'x': TypeError('boom')")
+    e.__cause__ = e
+    assert "boom" in user_message(e)
+
+
+def test_evaluator_sizes_are_checked_before_training_or_embedding(tmp_path, trained_run):
+    """``callbacks=eval`` on 16 images is refused before training, and ``eval.py`` with a
+    neighbour count larger than the database before the embedding pass."""
+    from mrl_test_utils import run_cli_cases
+
+    run_dir, _ = trained_run
+    ckpt = f"ckpt_path={run_dir}/checkpoints/last.ckpt"
+    results = run_cli_cases(
+        [
+            (
+                "train",
+                "train.py",
+                [
+                    "callbacks=eval",
+                    "eval=[knn]",
+                    "data.subset=16",
+                    "data.val_size=4",
+                    "logger=csv",
+                    f"hydra.run.dir={tmp_path}/t",
+                ],
+                {},
+            ),
+            (
+                "eval",
+                "eval.py",
+                [
+                    ckpt,
+                    "eval=[retrieval]",
+                    "eval.retrieval.ks=[10,100]",
+                    "data_overrides.subset=50",
+                    f"hydra.run.dir={tmp_path}/e",
+                ],
+                {},
+            ),
+        ],
+        tmp_path / "driver",
+    )
+    for name, want in (
+        (
+            "train",
+            "eval.knn reads 20 neighbours per query but the database (the train split) "
+            "has 16 items",
+        ),
+        (
+            "eval",
+            "eval.retrieval reads 100 neighbours per query but the database (the train "
+            "split) has 50 items",
+        ),
+    ):
+        r = results[name]
+        assert r["code"] == 2 and r["stderr"].strip().splitlines() == [
+            f"error: {want}; use more data (data.subset) or a smaller k"
+        ], (name, r["stderr"][-2000:])
+    assert not (tmp_path / "t" / "checkpoints").exists()  # refused before training
+    assert not (tmp_path / "e" / "embeddings").exists()  # refused before the embedding pass
+
+
+def test_check_sizes_names_the_evaluator_and_the_limit():
+    from mrl.eval.adaptive import AdaptiveRetrieval
+    from mrl.eval.knn import KNN
+    from mrl.eval.registry import check_sizes
+
+    sizes = {"train": 16, "val": 0, "test": 100}
+    check_sizes({"knn": KNN(k=16)}, sizes, 10, 64)  # exactly the database size is fine
+    with pytest.raises(MRLError, match=r"^eval.adaptive_ret funnel=.*keeps 200 .* 16 items"):
+        check_sizes({"adaptive_ret": AdaptiveRetrieval()}, sizes, 10, 64)
+    with pytest.raises(MRLError, match=r"^eval.adaptive_ret .*64"):
+        check_sizes(
+            {"adaptive_ret": AdaptiveRetrieval(d_shortlist=128, shortlist_k=8)}, sizes, 10, 64
+        )
+    from mrl.eval.adaptive import AdaptiveClassification
+
+    with pytest.raises(MRLError, match=r"^eval.adaptive_cls needs a validation split"):
+        check_sizes({"adaptive_cls": AdaptiveClassification()}, sizes, 10, 64)

@@ -123,9 +123,11 @@ def user_message(exc: BaseException) -> str | None:
         )
     if HydraException and isinstance(exc, HydraException):
         cur: BaseException | None = exc  # an MRLError wrapped by hydra.utils.instantiate
-        while cur is not None:
+        seen: set[int] = set()  # exception chains can loop (a context pointing back)
+        while cur is not None and id(cur) not in seen:
             if isinstance(cur, MRLError):
                 return str(cur)
+            seen.add(id(cur))
             cur = cur.__cause__ or cur.__context__
         cause = exc.__cause__
         extra = f"; {cause}" if cause is not None and str(cause) not in str(exc) else ""

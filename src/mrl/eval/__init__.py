@@ -29,6 +29,7 @@ from mrl.eval.adaptive import (
     learn_thresholds,
 )
 from mrl.eval.fewshot import FewShot, fewshot_metrics
+from mrl.eval.funnel import Funnel, Stage
 from mrl.eval.knn import KNN, knn_metrics
 from mrl.eval.linear import Linear, head_logits
 from mrl.eval.probe import Probe, linear_probe
@@ -41,6 +42,7 @@ from mrl.eval.retrieval import (
     retrieval_metrics,
 )
 from mrl.eval.search import exact_search, prefix_neighbors
+from mrl.eval.shift import Shift, shift_metrics
 
 __all__ = [
     "KNN",
@@ -49,9 +51,12 @@ __all__ = [
     "EvalData",
     "Evaluator",
     "FewShot",
+    "Funnel",
     "Linear",
     "Probe",
     "Retrieval",
+    "Shift",
+    "Stage",
     "adaptive_classification",
     "adaptive_classification_curve",
     "adaptive_retrieval",
@@ -69,4 +74,5 @@ __all__ = [
     "recall_at_k",
     "retrieval_metrics",
     "run_evaluators",
+    "shift_metrics",
 ]

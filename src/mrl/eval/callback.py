@@ -9,7 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from mrl.eval.pipeline import evaluate_run
-from mrl.eval.registry import Evaluator, build_evaluators
+from mrl.eval.registry import Evaluator, build_evaluators, check_sizes
 
 
 class MRLEvalCallback(pl.Callback):
@@ -57,6 +57,14 @@ class MRLEvalCallback(pl.Callback):
         if trainer.is_global_zero:
             self.last_metrics = metrics
         trainer.strategy.barrier("mrl-eval")
+
+    def check_data(self, dm: Any, module: Any) -> None:
+        """Refuse, before training, what the data sizes rule out (e.g. k=100 on 16 images)."""
+        from mrl.eval.pipeline import _width
+
+        if hasattr(dm, "split_sizes") and hasattr(module.net, "embed_dim"):
+            sizes, classes = dm.split_sizes(), int(getattr(dm, "num_classes", 0) or 0)
+            check_sizes(self.evaluators, sizes, classes, _width(module))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         n = self.every_n_epochs

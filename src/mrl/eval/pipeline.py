@@ -22,7 +22,13 @@ from mrl.core.validate import integer
 from mrl.data.base import follow_model_transforms
 from mrl.eval.cache import cached_embeddings
 from mrl.eval.linear import head_logits
-from mrl.eval.registry import EvalData, Evaluator, main_metric_names, run_evaluators
+from mrl.eval.registry import (
+    EvalData,
+    Evaluator,
+    check_sizes,
+    main_metric_names,
+    run_evaluators,
+)
 from mrl.eval.report import report
 from mrl.run import distributed
 from mrl.run.files import update_metrics_json, write_json_atomic
@@ -115,6 +121,11 @@ def evaluate_arrays(
     return final
 
 
+def _width(module: Any) -> int:
+    """The full embedding width of a LightningModule of this project."""
+    return int(module.net.embed_dim)
+
+
 def evaluate_run(
     module: Any,
     dm: Any,
@@ -138,6 +149,7 @@ def evaluate_run(
     ``{}``.
     """
     match_data(module, dm)
+    check_sizes(evaluators, dm.split_sizes(), int(dm.num_classes), _width(module))
     meta = {**(meta or {}), "data": repr(dm), "transform": _eval_transform(dm)}
     t0 = time.time()
     arrays, reused = cached_embeddings(
@@ -152,6 +164,9 @@ def evaluate_run(
         arrays, int(dm.num_classes), heads=lambda z: head_logits(module, np.asarray(z))
     )
     dims = eval_dims(module.dims, extra_dims, data.width, dims)
+    for ev in evaluators.values():
+        if ev.needs_model:  # e.g. shifted test sets: embedded once, cached beside the splits
+            ev.prepare(module, dm, device, RunDir(out_dir).embeddings)
     return evaluate_arrays(
         data, evaluators, dims, out_dir, title=title, plots=plots, loggers=loggers, timing=timing
     )

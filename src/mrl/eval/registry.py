@@ -108,6 +108,8 @@ class Evaluator:
     needs_heads: ClassVar[bool] = False
     #: needs the validation split (calibration)
     needs_val: ClassVar[bool] = False
+    #: needs the model itself (it embeds data of its own in :meth:`prepare`)
+    needs_model: ClassVar[bool] = False
     #: reads only ``data.neighbors`` (and labels), so it can run at every precision
     precision_aware: ClassVar[bool] = False
     #: precisions at which it reads raw, unnormalised test slices instead (trained heads:
@@ -122,6 +124,16 @@ class Evaluator:
     def neighbours_needed(self) -> int:
         """How many exact neighbours per query this evaluator reads (0: none)."""
         return 0
+
+    def size_problem(self, sizes: Mapping[str, int], num_classes: int, width: int) -> str | None:
+        """What the split sizes (``{train, val, test}: items``), class count and embedding
+        width make impossible for this evaluator, said in one line; ``None`` when nothing.
+        Checked before the embedding pass (:func:`check_sizes`)."""
+        return None
+
+    def prepare(self, module: Any, dm: Any, device: Any, cache: Any) -> None:
+        """Called before :meth:`__call__` when a model is evaluated (``needs_model``): the
+        LightningModule, its data module, the device and the run's embedding-cache folder."""
 
     def main_metrics(self, metrics: Mapping[str, float]) -> list[str]:
         """Names (without ``@d{m}``) of the curves to plot from ``metrics``."""
@@ -153,7 +165,7 @@ def build_evaluators(spec: Mapping[str, Any]) -> dict[str, Evaluator]:
     if not hasattr(adaptor, "items"):
         raise MRLError(
             f"eval.adaptor={adaptor!r} must map adaptor options to values, e.g. "
-            "eval.adaptor.epochs=40"
+            "+eval.adaptor.epochs=40"
         )
     adaptor = {str(k): v for k, v in adaptor.items()}
     out: dict[str, Evaluator] = {}
@@ -197,7 +209,9 @@ def precision_key(key: str, precision: str, baseline: str = "truncate") -> str:
 
 def check_inputs(evaluators: Mapping[str, Evaluator], data: EvalData) -> None:
     """Refuse, before any work, evaluators whose inputs are missing (one line)."""
-    no_heads = [n for n, e in evaluators.items() if e.needs_heads and data.heads is None]
+    no_heads = [
+        n for n, e in evaluators.items() if (e.needs_heads or e.needs_model) and data.heads is None
+    ]
     if no_heads:
         usable = [n for n, e in evaluators.items() if not e.needs_heads]
         raise MRLError(
@@ -207,6 +221,27 @@ def check_inputs(evaluators: Mapping[str, Evaluator], data: EvalData) -> None:
     no_val = [n for n, e in evaluators.items() if e.needs_val and data.val_x is None]
     if no_val:
         raise MRLError(f"eval={no_val} need a validation split (data.val_size > 0)")
+
+
+def check_sizes(
+    evaluators: Mapping[str, Evaluator], sizes: Mapping[str, int], num_classes: int, width: int
+) -> None:
+    """Refuse, before any embedding pass, what the data sizes rule out (one line): more
+    neighbours than database (train) items, a missing validation split, and each evaluator's
+    own :meth:`Evaluator.size_problem`."""
+    n = int(sizes.get("train", 0))
+    for name, ev in evaluators.items():
+        k = ev.neighbours_needed()
+        problem = (
+            f"reads {k} neighbours per query but the database (the train split) has {n} items; "
+            "use more data (data.subset) or a smaller k"
+            if k > n
+            else ev.size_problem(sizes, num_classes, width)
+        )
+        if problem is None and ev.needs_val and not sizes.get("val"):
+            problem = "needs a validation split (data.val_size > 0)"
+        if problem:
+            raise MRLError(f"eval.{name} {problem}")
 
 
 def run_evaluators(

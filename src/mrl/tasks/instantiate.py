@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,19 +21,59 @@ log = logging.getLogger(__name__)
 def unwrap(e: BaseException) -> BaseException:
     """Hydra wraps constructor errors; the :class:`MRLError` inside, if any, else ``e``."""
     cur: BaseException | None = e
-    while cur is not None:
+    seen: set[int] = set()  # a chain can loop back on itself
+    while cur is not None and id(cur) not in seen:
         if isinstance(cur, MRLError):
             return cur
+        seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
     return e
 
 
+_UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
+_FULL_KEY = re.compile(r"full_key: ([\w.]+)")
+
+
+def _unknown_setting(node: Any, e: BaseException) -> MRLError | None:
+    """A one-line error for a setting the target class does not take (``+data.split=...``)."""
+    found = _UNEXPECTED.search(str(e.__cause__ or e))
+    target = node.get("_target_") if hasattr(node, "get") else None
+    if not found or not target:
+        return None
+    try:
+        cls = hydra.utils.get_class(str(target))
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        valid = sorted(  # every named __init__ argument along the MRO (**common included)
+            {
+                q.name
+                for c in cls.__mro__
+                if "__init__" in vars(c)
+                for q in inspect.signature(vars(c)["__init__"]).parameters.values()
+                if q.kind in named and q.name != "self"
+            }
+        )
+    except Exception:  # a function target, or a class without a readable signature
+        valid = []
+    where = _FULL_KEY.search(str(e))
+    key = where.group(1) if where else "the config"
+    return MRLError(
+        f"{key}.{found.group(1)} is not a setting of {str(target).rsplit('.', 1)[-1]}"
+        + (f"; valid settings: {', '.join(valid)}" if valid else "")
+    )
+
+
 def instantiate(node: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that surfaces a constructor's :class:`MRLError`."""
+    """``hydra.utils.instantiate`` that surfaces a constructor's :class:`MRLError` and names
+    an unknown setting in one line."""
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except hydra.errors.InstantiationException as e:
-        raise unwrap(e) from e
+        inner = unwrap(e)
+        if inner is e:
+            inner = _unknown_setting(node, e) or e
+        if inner is e:
+            raise
+        raise inner from e
 
 
 def instantiate_all(node: DictConfig | Mapping | None, **extra: Mapping[str, Any]) -> list:

@@ -254,6 +254,9 @@ def _train(
         callbacks.append(PreemptionCheckpoint(run.last_ckpt))
     if not loggers:  # a learning-rate monitor needs a logger
         callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
+    for cb in callbacks:  # the evaluators' size checks, before any training
+        if hasattr(cb, "check_data"):
+            cb.check_data(dm, module)
     trainer = build_trainer(cfg, loggers, callbacks)
 
     # Every check passed: from here on the run dir is this command's (rank 0's: ranks started
