@@ -33,8 +33,35 @@ def test_truncate_numpy_matches_torch():
 
 @pytest.mark.parametrize("m", [0, 17, -1, 2.0, True])
 def test_truncate_rejects_bad_m(m):
-    with pytest.raises(MRLError, match="must be an integer in 1..16"):
+    with pytest.raises(MRLError, match=r"truncate: m=.* must be an integer in 1..16 \(the width\)"):
         truncate(torch.zeros(2, 16), m)
+
+
+def test_truncate_acts_on_the_last_axis_of_any_rank():
+    """A (batch, tokens, width) array: the prefix and the norm are along the last axis only
+    (a reference written with explicit loops over the leading axes)."""
+    z = np.random.default_rng(1).normal(size=(2, 3, 16))  # float64 in, float32 out
+    for m in (3, 8, 16):
+        got_np = truncate(z, m, normalize=True)
+        got_t = truncate(torch.from_numpy(z), m, normalize=True).numpy()
+        assert got_np.shape == got_t.shape == (2, 3, m) and got_np.dtype == np.float32
+        for i in range(2):
+            for j in range(3):
+                v = z[i, j, :m]
+                want = v / np.sqrt(np.sum(v * v))
+                np.testing.assert_allclose(got_np[i, j], want, rtol=1e-6)
+                np.testing.assert_allclose(got_t[i, j], want, rtol=1e-6)
+    with pytest.raises(MRLError, match="1..16"):
+        truncate(z, 4 + 16)  # the width is the last axis (16), not the second (3)
+
+
+def test_nested_sum_refuses_weights_that_do_not_match_the_dims():
+    from mrl.core.nesting import nested_sum
+
+    per = {2: torch.tensor(1.0), 4: torch.tensor(10.0)}
+    assert nested_sum(per, [2, 4], [1.0, 0.5]).item() == pytest.approx(6.0)
+    with pytest.raises(ValueError):
+        nested_sum(per, [2, 4], [1.0])
 
 
 def test_mrl_head_has_one_linear_per_prefix():

@@ -109,3 +109,32 @@ def test_retrieval_errors():
         retrieval_metrics(nb, y, y, ks=())
     with pytest.raises(MRLError, match="dtype float64; expected integer class labels"):
         retrieval_metrics(nb, y.astype(float), y, ks=(3,))
+
+
+def test_recall_edge_cases_and_class_counts():
+    """A class of one relevant item, a zero denominator, and labels absent from the database
+    (each found by mutation testing to be unchecked)."""
+    from mrl.eval.retrieval import class_counts
+
+    np.testing.assert_array_equal(
+        class_counts(np.array([0, 0, 2]), np.array([0, 1, 2, 3])), [2, 0, 1, 0]
+    )
+    hits = np.array([[1, 0], [1, 1], [0, 1]])
+    np.testing.assert_array_equal(recall_at_k(hits, 2, np.array([1, 0, 2])), [1.0, 0.0, 0.5])
+
+
+def test_retrieval_error_messages_name_the_argument():
+    nb = {4: (np.zeros((2, 3), np.float32), np.zeros((2, 3), np.int64))}
+    y = np.array([0, 1])
+    with pytest.raises(MRLError, match=r"ks=\[2.5\] must be positive integers"):
+        retrieval_metrics(nb, y, y, ks=[2.5])
+    with pytest.raises(MRLError, match=r"ks=\[3, -1\] must be positive integers"):
+        retrieval_metrics(nb, y, y, ks=[3, -1])
+    with pytest.raises(MRLError, match="^train_y "):
+        retrieval_metrics(nb, y.astype(float), y, ks=(3,))
+    with pytest.raises(MRLError, match="^test_y "):
+        retrieval_metrics(nb, y, y.astype(float), ks=(3,))
+    with pytest.raises(MRLError, match="^retrieval_metrics"):
+        retrieval_metrics(nb, y, y, ks=(5,))
+    with pytest.raises(MRLError, match="or a positive int such as 1300$"):
+        retrieval_metrics(nb, y, y, ks=(3,), recall_denominator="paper")
