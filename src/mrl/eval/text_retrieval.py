@@ -111,6 +111,7 @@ class TextRetrieval(Evaluator):
     of each query's relevant document)."""
 
     main_metric = "text_retrieval/nDCG@10"
+    precision_aware = True  # reads only the shared neighbours: every precision and baseline
 
     def __init__(self, ks: Sequence[int] = DEFAULT_KS) -> None:
         self.ks = tuple(_check_ks(ks))

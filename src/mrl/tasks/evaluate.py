@@ -6,8 +6,12 @@
   ``<run dir>/embeddings/``) and the evaluators run on the cached arrays.
 * ``embeddings=<folder or .npz>``: the arrays are read (memory-mapped) and the same
   evaluators run on them; evaluators that need trained heads are refused.
+* ``encoder=timm|sentence_transformers encoder.name=...`` with ``data=...``: a model not
+  trained here (:mod:`mrl.encoders`) embeds every split once (cached in
+  ``<run dir>/embeddings/`` like a checkpoint's); the default list then skips the evaluators
+  that need trained heads, and on text data (WordNet) it is ``[text_retrieval]``.
 
-Both produce one :class:`~mrl.eval.registry.EvalData`; everything after it is shared
+All three produce one :class:`~mrl.eval.registry.EvalData`; everything after it is shared
 (:func:`mrl.eval.pipeline.evaluate_arrays`). Conventions of each metric: :mod:`mrl.eval`.
 """
 
@@ -24,7 +28,7 @@ from mrl.core.errors import MRLError
 from mrl.core.validate import integer
 from mrl.eval.cache import file_fingerprint, load_embeddings
 from mrl.eval.pipeline import eval_dims, evaluate_arrays, evaluate_run, match_data
-from mrl.eval.registry import EvalData, build_evaluators
+from mrl.eval.registry import EvalData, build_evaluators, check_sizes
 from mrl.eval.search import use_search_device
 from mrl.objectives.classification import MRLLitModule
 from mrl.run.checkpoints import read_checkpoint
@@ -161,6 +165,16 @@ def _eval(cfg: DictConfig, run: RunDir, evaluators, devices: int, record, claim)
         record.commit()
 
     try:
+        sources = [k for k in ("embeddings", "encoder") if cfg.get(k)]
+        if not OmegaConf.is_missing(cfg, "ckpt_path") and cfg.get("ckpt_path") is not None:
+            sources.insert(0, "ckpt_path")
+        if len(sources) > 1:
+            raise MRLError(
+                f"{' and '.join(sources)} are both given; evaluate one source at a time: "
+                "ckpt_path=<ckpt>, embeddings=<arrays> or encoder=<timm|sentence_transformers>"
+            )
+        if cfg.get("encoder"):
+            return _eval_encoder(cfg, run, evaluators, record, commit, extra, only, plots)
         if cfg.get("embeddings"):
             if devices > 1:
                 print(f"embeddings: devices={devices} ignored (no embedding pass to share)")
@@ -170,6 +184,9 @@ def _eval(cfg: DictConfig, run: RunDir, evaluators, devices: int, record, claim)
                 evaluators = {n: e for n, e in evaluators.items() if not e.needs_heads}
                 print(f"embeddings: skipping {skipped} (they need a model's trained heads)")
             dims = eval_dims([], extra, data.width, only) or auto_dims(data.width)
+            sizes = {"train": len(data.train_x), "test": len(data.test_x)}
+            sizes["val"] = 0 if data.val_x is None else len(data.val_x)
+            check_sizes(evaluators, sizes, data.num_classes, data.width)
             commit()
             return evaluate_arrays(
                 data, evaluators, dims, run.path, title=str(cfg.embeddings), plots=plots
@@ -194,6 +211,7 @@ def _eval(cfg: DictConfig, run: RunDir, evaluators, devices: int, record, claim)
         wandb_name.update(eval_init_kwargs(link))
         if devices > 1:
             match_data(module, dm)  # one-line errors before any process starts
+            check_sizes(evaluators, dm.split_sizes(), int(dm.num_classes), module.net.embed_dim)
             record.update(processes=devices)
             backend = "nccl" if device.type == "cuda" else "gloo"
             commit()
@@ -214,6 +232,7 @@ def _eval(cfg: DictConfig, run: RunDir, evaluators, devices: int, record, claim)
             )
             return read_record(run.metrics)
         match_data(module, dm)
+        check_sizes(evaluators, dm.split_sizes(), int(dm.num_classes), module.net.embed_dim)
         commit()
         loggers = instantiate_all(logger_cfg, wandb=wandb_name)
         eval_cfg = OmegaConf.to_container(cfg, resolve=True)
@@ -227,3 +246,102 @@ def _eval(cfg: DictConfig, run: RunDir, evaluators, devices: int, record, claim)
         return metrics
     finally:
         close_wandb(loggers)
+
+
+def _default_for_encoder(cfg: DictConfig, evaluators: dict, text: bool) -> dict:
+    """The default evaluator list for an encoder: without the ones needing trained heads; on
+    text data ``text_retrieval`` (with ``eval``'s precisions, baselines and adaptor options)."""
+    if _evaluators_chosen():
+        return evaluators
+    if text:
+        reserved = {
+            k: v
+            for k, v in OmegaConf.to_container(cfg.get("eval") or {}, resolve=False).items()
+            if k in ("precisions", "baselines", "adaptor")
+        }
+        target = {"_target_": "mrl.eval.text_retrieval.TextRetrieval"}
+        return build_evaluators({"text_retrieval": target, **reserved})
+    skipped = [n for n, e in evaluators.items() if e.needs_heads or getattr(e, "needs_model", 0)]
+    print(f"encoder: skipping {skipped} (they need a model's trained heads)")
+    return {n: e for n, e in evaluators.items() if n not in skipped}
+
+
+def _eval_encoder(cfg, run, evaluators, record, commit, extra, only, plots) -> dict:
+    """``eval.py encoder=...``: embed with an encoder not trained here, then evaluate."""
+    import time
+
+    from mrl.encoders import (
+        build_encoder,
+        encoder_embeddings,
+        encoder_settings,
+        is_text_data,
+    )
+
+    missing = [k for k in cfg.encoder if OmegaConf.is_missing(cfg.encoder, k)]
+    if missing:
+        raise MRLError(
+            f"encoder.{missing[0]} is required, e.g. encoder.name=resnet18 (encoder=timm: any "
+            "name of timm.list_models()) or a folder (encoder=sentence_transformers)"
+        )
+    settings = encoder_settings(OmegaConf.to_container(cfg.encoder, resolve=True))
+    if not cfg.get("data"):
+        raise MRLError(
+            f"encoder={settings['kind']} needs the data to embed: data=<fashion_mnist|cifar10|"
+            "imagefolder|...> for images, data=wordnet for text"
+        )
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    overrides = OmegaConf.to_container(cfg.get("data_overrides") or {}, resolve=True)
+    data_cfg.update({k: v for k, v in overrides.items() if v is not None})
+    dm = instantiate(data_cfg)
+    devices = int(cfg.get("devices", 1))
+    if devices > 1:
+        print(f"encoder: devices={devices} ignored (one process embeds)")
+    device = _device(str(cfg.get("device", "auto")))
+    encoder = build_encoder(settings, dm, device)
+    text = is_text_data(dm)
+    evaluators = _default_for_encoder(cfg, evaluators, text)
+    dims = eval_dims([], extra, encoder.width, only) or auto_dims(encoder.width)
+    if not text:  # what the split sizes rule out, before the embedding pass
+        check_sizes(evaluators, dm.split_sizes(), int(dm.num_classes), encoder.width)
+    split = str(settings.get("split", "test"))
+    meta = {"encoder": encoder.describe(), "data": repr(dm)}
+    meta |= {"split": split} if text else {"transform": _transform_of(dm)}
+    record.update(encoder=encoder.describe(), evaluators=list(evaluators))
+    commit()
+    loggers: list = []
+    try:
+        logger_cfg = OmegaConf.to_container(cfg.get("logger") or {}, resolve=True)
+        name = cfg.get("run_name") or f"eval-{settings['kind']}-{Path(settings['name']).name}"
+        loggers = instantiate_all(logger_cfg, wandb={"name": name})
+        t0 = time.time()
+        arrays, reused = encoder_embeddings(
+            encoder, dm, run.embeddings, meta, device, bool(cfg.get("cache", True)), split
+        )
+        timing = {"embed": round(time.time() - t0, 2), "embeddings_reused": reused}
+        num_classes = None if text else int(dm.num_classes)
+        data = EvalData.from_arrays(arrays, num_classes)
+        title = f"{settings['kind']} {settings['name']}"
+        metrics = evaluate_arrays(
+            data,
+            evaluators,
+            dims,
+            run.path,
+            title=title,
+            plots=plots,
+            loggers=loggers,
+            timing=timing,
+        )
+        report_skipped(dm, record)
+        return metrics
+    finally:
+        close_wandb(loggers)
+
+
+def _transform_of(dm) -> Any:
+    """The data module's evaluation transform (recorded in the cache's meta.json)."""
+    from mrl.inference import preprocessing_of
+
+    try:
+        return preprocessing_of(dm)
+    except MRLError:
+        return str(getattr(dm, "data_config", ""))
