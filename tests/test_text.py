@@ -267,6 +267,9 @@ def test_text_model_errors_are_one_line(tmp_path, minilm, monkeypatch):
     with pytest.raises(MRLError, match="exceeds the width 384") as e:
         minilm[0].net.expand_to(512)
     assert "\n" not in str(e.value)
+    with pytest.raises(MRLError, match="max_seq_length=1024 exceeds the 512 positions") as e:
+        TextEncoder("minilm", max_seq_length=1024)
+    assert "\n" not in str(e.value)
 
 
 def test_objective_and_data_must_fit(cfg_factory):
@@ -311,3 +314,72 @@ def test_train_end_to_end_writes_per_prefix_retrieval(cfg_factory):
     assert metrics["test/nDCG@10"] == metrics["test/nDCG@10@d384"]
     assert 0 < metrics["val/nDCG@10"] <= 1  # the checkpoint and sweep metric
     assert metrics["test/R@1@d384"] <= metrics["test/R@10@d384"]
+
+
+# ---------------------------------------------------------------------------- classification
+def test_classification_batches_are_glosses_and_lexnames():
+    dm = WordNetDataModule(max_synsets=300, test_size=0.2, task="classification", batch_size=8)
+    texts, labels = dm.glosses("train")
+    assert len(texts) == len(dm.synsets("train")) > 200 and labels.max() < 45
+    x, y = next(iter(dm.test_dataloader()))
+    recs = dm.synsets("test")[:8]
+    assert x == [r["gloss"] for r in recs] and y.tolist() == [r["lexname"] for r in recs]
+    assert y.dtype == torch.long
+    with pytest.raises(MRLError, match="data.task='ner' is invalid"):
+        WordNetDataModule(task="ner")
+
+
+def test_gloss_knn_and_probe_through_the_evaluator_registry():
+    """MiniLM gloss embeddings of ~400 synsets: registry kNN (1-NN) per prefix equals a numpy
+    brute force; the linear probe runs per prefix through the same registry."""
+    from mrl.eval.knn import KNN
+    from mrl.eval.probe import Probe
+    from mrl.eval.registry import run_evaluators
+    from mrl.models.text import TextEncoder
+    from mrl.objectives.text_classification import gloss_eval_data
+
+    dm = WordNetDataModule(max_synsets=400, val_size=0.1, test_size=0.2, task="classification")
+    data = gloss_eval_data(TextEncoder("minilm", max_seq_length=32), dm)
+    assert data.width == 384 and data.num_classes == 45
+    dims = [12, 48, 384]
+    metrics, _ = run_evaluators({"knn": KNN(k=10), "probe": Probe(epochs=30)}, data, dims)
+    for m in dims:
+        db = data.train_x[:, :m] / np.linalg.norm(data.train_x[:, :m], axis=1, keepdims=True)
+        q = data.test_x[:, :m] / np.linalg.norm(data.test_x[:, :m], axis=1, keepdims=True)
+        pred = data.train_y[np.argmax(q.astype(np.float64) @ db.T.astype(np.float64), axis=1)]
+        ref = float(np.mean(pred == data.test_y))
+        assert metrics[f"knn/top1@d{m}"] == pytest.approx(ref, abs=1.5 / len(q)), m
+        assert 0 <= metrics[f"probe/top1@d{m}"] <= 1
+    majority = np.bincount(data.test_y).max() / len(data.test_y)
+    assert metrics["knn/top1@d384"] > majority  # glosses carry their class
+    assert metrics["probe/top1@d384"] > majority
+
+
+@pytest.mark.slow
+def test_text_classifier_end_to_end(cfg_factory):
+    """experiment=text_wordnet_cls on ~300 synsets, a few steps: the classification
+    objective's per-prefix top-1 / top-5 on text, and the exported encoder is the trained one."""
+    from mrl.tasks.train import train
+
+    cfg = cfg_factory(
+        "experiment=text_wordnet_cls",
+        "data.max_synsets=300",
+        "data.val_size=0.1",
+        "data.test_size=0.2",
+        "data.batch_size=16",
+        "model.max_seq_length=16",
+        "trainer.limit_train_batches=3",
+    )
+    assert cfg.data.task == "classification" and cfg.objective.label_smoothing == 0.1
+    metrics = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "completed" and run["dims"] == DIMS and run["method"] == "MRL"
+    for m in DIMS:
+        assert 0 <= metrics[f"test/top1@d{m}"] <= metrics[f"test/top5@d{m}"] <= 1
+        assert metrics[f"train/loss@d{m}"] > 0
+    assert metrics["test/top1"] == metrics["test/top1@d384"]
+    raw = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert raw["hyper_parameters"]["num_classes"] == 45  # rebuildable (mrl-export)
+    heads = [k for k in raw["state_dict"] if k.startswith("net.head.")]
+    assert heads and raw["state_dict"]["net.head.heads.0.weight"].shape == (45, 12)

@@ -37,15 +37,26 @@ Tasks
   is drawn uniformly (``torch``'s global generator: seeded runs repeat), so a batch never
   holds two pairs of the same synset (no false in-batch negatives of that kind). Evaluation
   ranks, for every query of the split's synsets, the glosses of *all* the split's synsets.
-* Classification: :meth:`WordNetDataModule.glosses` gives a split's glosses and their
-  lexicographer class ids (``num_classes = 45``, names in ``classes``).
+* Classification (``task="classification"``): a gloss (definition) -> its synset's
+  lexicographer class (``num_classes = 45``, names in ``classes``, e.g. ``noun.animal``);
+  every synset of a split is one item (no query is needed). :meth:`WordNetDataModule.glosses`
+  gives a split's glosses and class ids directly.
+* Masked language modelling (``task="mlm"``): the texts of a split's synsets, each gloss
+  followed by its example sentences (:meth:`WordNetDataModule.texts`). The masking is the
+  model's (``objective=mlm`` gives a masking tokenizer, ``tokenize(texts, seed)``): training
+  batches draw masks from torch's global generator (``seed=None``); evaluation batches use
+  ``seed = crc32(batch texts) ^ data.seed``, so every evaluation masks the same tokens.
 
-Batches are dicts: training ``{"query", "doc"}``; evaluation ``{"text", "doc_id": LongTensor,
-"is_query": BoolTensor}``. The texts are lists of strings, or the model's tokens once the
-model has given its tokenizer (:meth:`WordNetDataModule.set_tokenizer`, as image data take
-the model's transform). In evaluation the split's synsets come one after another, each as its
-gloss (``is_query`` false, ``doc_id`` its row in the split) followed by its queries
-(``doc_id`` = the relevant gloss), so ``limit_{val,test}_batches`` evaluates whole synsets.
+Retrieval batches are dicts: training ``{"query", "doc"}``; evaluation ``{"text", "doc_id":
+LongTensor, "is_query": BoolTensor}``. Classification batches are ``(texts, labels)`` tuples
+(``labels`` a LongTensor), as image batches are ``(images, labels)``, in every split. MLM
+batches are the masking tokenizer's dict (``input_ids``, ``attention_mask``, ``labels`` with
+-100 at unmasked positions), or ``{"text": [...]}`` before a tokenizer is given. The texts are
+lists of strings, or the model's tokens once the model has given its tokenizer
+(:meth:`WordNetDataModule.set_tokenizer`, as image data take the model's transform). In
+retrieval evaluation the split's synsets come one after another, each as its gloss
+(``is_query`` false, ``doc_id`` its row in the split) followed by its queries (``doc_id`` =
+the relevant gloss), so ``limit_{val,test}_batches`` evaluates whole synsets.
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ import logging
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -142,6 +154,7 @@ LEXNAMES = (
 #: the syntactic-category field of ``lexnames``: 1 noun, 2 verb, 3 adjective, 4 adverb
 CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 QUERY_KINDS = ("lemma", "example")
+TASKS = ("retrieval", "classification", "mlm")
 RECORDS = "synsets.json"
 #: a model's tokenizer: strings -> dict of (B, L) tensors
 Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
@@ -350,6 +363,52 @@ def collate_pairs(batch: list[tuple[str, str]], tokenize: Tokenize | None = None
     }
 
 
+class GlossDataset(Dataset):
+    """Classification items ``(gloss, lexicographer class id)``."""
+
+    def __init__(self, glosses: list[str], labels: np.ndarray) -> None:
+        self.glosses, self.labels = glosses, labels
+
+    def __len__(self) -> int:
+        return len(self.glosses)
+
+    def __getitem__(self, i: int) -> tuple[str, int]:
+        return self.glosses[i], int(self.labels[i])
+
+
+def collate_glosses(batch: list[tuple[str, int]], tokenize: Tokenize | None = None) -> tuple:
+    """``(texts, labels)``: texts as strings or tokens, labels a LongTensor."""
+    return (
+        _texts([t for t, _ in batch], tokenize),
+        torch.tensor([y for _, y in batch], dtype=torch.long),
+    )
+
+
+class TextDataset(Dataset):
+    """MLM items: one text each."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> str:
+        return self.texts[i]
+
+
+def collate_mlm(batch: list[str], tokenize: Any = None, seed: int | None = None) -> dict:
+    """A masked batch from the model's masking tokenizer (``tokenize(texts, seed=...)``):
+    ``seed=None`` masks with torch's global generator; an int ``seed`` is mixed with the
+    texts' crc32 (the same batch is always masked the same way)."""
+    texts = list(batch)
+    if tokenize is None:
+        return {"text": texts}
+    if seed is not None:
+        seed = zlib.crc32("\x1f".join(texts).encode()) ^ int(seed)
+    return tokenize(texts, seed=seed)
+
+
 def collate_eval(batch: list[tuple[str, int, bool]], tokenize: Tokenize | None = None) -> dict:
     """``{"text", "doc_id", "is_query"}`` (``text`` tokenised when ``tokenize`` is given)."""
     return {
@@ -370,7 +429,9 @@ class WordNetDataModule(pl.LightningDataModule):
         val_size, test_size: fractions of the synsets in val and test.
         seed: the split's seed; max_synsets: keep only N synsets (fast runs, tests);
         val_subset, test_subset: at most this many synsets in val / test (evaluation cost).
-        queries: query kinds, any of ``lemma`` and ``example``.
+        queries: query kinds, any of ``lemma`` and ``example`` (retrieval).
+        task: ``retrieval`` (query -> gloss pairs), ``classification`` (gloss -> class) or
+            ``mlm`` (glosses and examples, masked by the model's masking tokenizer).
         num_workers, pin_memory: as for every datamodule.
     """
 
@@ -393,6 +454,7 @@ class WordNetDataModule(pl.LightningDataModule):
         test_subset: int | None = None,
         queries: Sequence[str] = QUERY_KINDS,
         pin_memory: bool = False,
+        task: str = "retrieval",
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser() if root is not None else SYSTEM_ROOT
@@ -419,6 +481,9 @@ class WordNetDataModule(pl.LightningDataModule):
                 f"queries={queries!r} is invalid; use a non-empty list of {list(QUERY_KINDS)}"
             )
         self.queries = tuple(kinds)
+        if task not in TASKS:
+            raise MRLError(f"data.task={task!r} is invalid; use one of {list(TASKS)}")
+        self.task = task
         self.pin_memory = bool(pin_memory)
         self.tokenize: Tokenize | None = None
         self._records: tuple[dict[str, Any], ...] | None = None
@@ -438,10 +503,12 @@ class WordNetDataModule(pl.LightningDataModule):
         for split, cap in (("val", self.val_subset), ("test", self.test_subset)):
             if cap is not None:
                 splits[split] = splits[split][:cap]
-        # synsets without any query of the chosen kinds cannot be queried
+        # retrieval: synsets without any query of the chosen kinds cannot be queried
+        keep_all = self.task != "retrieval"
         self._splits = {
             s: np.asarray(
-                [i for i in idx if synset_queries(records[i], self.queries)], dtype=np.int64
+                [i for i in idx if keep_all or synset_queries(records[i], self.queries)],
+                dtype=np.int64,
             )
             for s, idx in splits.items()
         }
@@ -472,13 +539,18 @@ class WordNetDataModule(pl.LightningDataModule):
         recs = self.synsets(split)
         return [r["gloss"] for r in recs], np.asarray([r["lexname"] for r in recs], np.int64)
 
+    def texts(self, split: str) -> list[str]:
+        """A split's texts for MLM: each synset's gloss, then its example sentences."""
+        return [t for r in self.synsets(split) for t in (r["gloss"], *r["examples"])]
+
     def split_sizes(self) -> dict[str, int]:
         """Number of synsets in train / val / test."""
         return {s: len(self.synsets(s)) for s in ("train", "val", "test")}
 
     # ------------------------------------------------------------------ loaders
     def set_tokenizer(self, tokenize: Tokenize | None) -> None:
-        """Tokenise the texts of every batch with ``tokenize`` (``None``: plain strings)."""
+        """Tokenise the texts of every batch with ``tokenize`` (``None``: plain strings);
+        ``task=mlm``: a masking tokenizer ``tokenize(texts, seed=None)``."""
         self.tokenize = tokenize
 
     def _loader(self, ds: Dataset, shuffle: bool, batch_size: int, collate) -> DataLoader:
@@ -494,12 +566,32 @@ class WordNetDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.task == "classification":
+            collate = functools.partial(collate_glosses, tokenize=self.tokenize)
+            return self._loader(
+                GlossDataset(*self.glosses("train")), True, self.batch_size, collate
+            )
+        if self.task == "mlm":
+            collate = functools.partial(collate_mlm, tokenize=self.tokenize)
+            return self._loader(TextDataset(self.texts("train")), True, self.batch_size, collate)
         ds = PairDataset(*self.pairs("train"))
         collate = functools.partial(collate_pairs, tokenize=self.tokenize)
         return self._loader(ds, True, self.batch_size, collate)
 
     def eval_dataloader(self, split: str) -> DataLoader | list:
         """The evaluation items of ``split`` (``[]`` when it has no synsets)."""
+        if self.task == "classification":
+            texts, labels = self.glosses(split)
+            if not texts:
+                return []
+            collate = functools.partial(collate_glosses, tokenize=self.tokenize)
+            return self._loader(GlossDataset(texts, labels), False, self.eval_batch_size, collate)
+        if self.task == "mlm":
+            texts = self.texts(split)
+            if not texts:
+                return []
+            collate = functools.partial(collate_mlm, tokenize=self.tokenize, seed=self.seed)
+            return self._loader(TextDataset(texts), False, self.eval_batch_size, collate)
         queries, docs = self.pairs(split)
         if not docs:
             return []
@@ -520,5 +612,5 @@ class WordNetDataModule(pl.LightningDataModule):
             f"WordNetDataModule(root={str(self.root)!r}, seed={self.seed}, "
             f"val_size={self.val_size}, test_size={self.test_size}, "
             f"max_synsets={self.max_synsets}, val_subset={self.val_subset}, "
-            f"test_subset={self.test_subset}, queries={list(self.queries)})"
+            f"test_subset={self.test_subset}, queries={list(self.queries)}, task={self.task!r})"
         )

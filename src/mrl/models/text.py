@@ -9,7 +9,8 @@ shape ``(B, width)``, unnormalised (every prefix is sliced, then normalised, by 
   not by a config resolver, so configs and checkpoints keep the portable name instead of
   one machine's site-packages path, and no resolver registration is needed.
 * ``pooling``: ``mean`` (over non-padding tokens, as sentence-transformers) or ``cls`` (the
-  first token's last hidden state). ``max_seq_length``: tokens kept per text (truncation).
+  first token's last hidden state). ``max_seq_length``: tokens kept per text (longer texts
+  are truncated); more than the model's position embeddings is refused.
 * ``width`` is the hidden size; :meth:`TextEncoder.expand_to` refuses dims beyond it (no
   projection is added to a pretrained text model).
 """
@@ -136,6 +137,12 @@ class TextEncoder(nn.Module):
                 "config.json, weights and a tokenizer, or 'minilm'"
             ) from e
         self.model.train()  # from_pretrained returns eval mode; a module starts in train mode
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if self.max_seq_length is not None and positions and self.max_seq_length > positions:
+            raise MRLError(
+                f"model.max_seq_length={self.max_seq_length} exceeds the {positions} positions "
+                f"of text model {name!r}; use at most {positions}"
+            )
         self.width = int(self.model.config.hidden_size)
         self.embed_dim = self.width
         if embed_dim is not None:
