@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data test test-readme test-multiprocess test-all test-fast lint format reproduce-table1 reproduce-paper \
-	reproduce-interpolation reproduce-robustness reproduce-adaptive reproduce-novel reproduce-longtail reproduce-text train aggregate clean-logs
+	reproduce-interpolation reproduce-robustness reproduce-adaptive reproduce-novel reproduce-longtail reproduce-text reproduce-adaptor train aggregate clean-logs bench-retrieval mutation
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -46,6 +46,10 @@ test-readme: setup ## run every command of README.md as written (small sizes; a 
 test-fast: $(STAMP) ## unit tests only (no training runs)
 	$(PY) -m pytest -q -m "not slow and not readme and not multiprocess"
 
+mutation: $(STAMP) ## mutation testing (mutmut) of core/nesting.py and eval/retrieval.py; survivors listed (~5 min)
+	$(PY) -m pip install -q mutmut==3.8.1
+	$(VENV)/bin/mutmut run --max-children 2; $(VENV)/bin/mutmut results
+
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
@@ -82,6 +86,9 @@ reproduce-longtail: setup ## long-tailed training set (ratio 100), head/medium/t
 reproduce-text: setup ## MiniLM on WordNet: plain truncation vs MRL fine-tune, dims 12..384 -> results/text_wordnet.*
 	$(PY) scripts/reproduce_text.py $(ARGS)
 
+reproduce-adaptor: setup ## MiniLM (WordNet) + FF-512 vs MRL (Fashion-MNIST): truncation, PCA, adaptor, MRL at every prefix x precision -> results/adaptor_*
+	$(PY) scripts/reproduce_adaptor.py $(ARGS)
+
 reproduce-paper: reproduce-table1 ## Tables 1-2 and every experiment above, in order
 	$(PY) scripts/reproduce_paper.py --seeds $(SEEDS) $(PAPER_ARGS)
 
@@ -99,6 +106,9 @@ bench: setup ## every benchmark (~10-20 min): measured ratios vs targets -> resu
 
 bench-quick: setup ## smaller benchmarks (< 2 min): same rows, small sizes -> results/bench.json
 	$(PY) -m scripts.bench --quick --out results/bench.json $(BENCH_ARGS)
+bench-retrieval: setup ## funnel retrieval Pareto (1M x 2048 synthetic + Fashion-MNIST; ~1 h) -> results/bench.json, results/bench_retrieval.{md,png}
+	$(PY) -m scripts.bench.pareto --n 1000000 $(BENCH_ARGS)
+
 bench-ddp: setup ## 1 vs 2 CPU processes (trainer=ddp_cpu): wall-clock and metrics (~10 min)
 	$(PY) -m scripts.bench --only ddp_cpu --out results/bench_ddp.json $(BENCH_ARGS)
 # ---- end benchmarks ------------------------------------------------------------------------
