@@ -44,6 +44,15 @@ def test_export_run_embeddings_and_errors(data, tmp_path):
     np.testing.assert_array_equal(
         np.sort(tbl.to_arrow().column("id").to_numpy()), np.arange(len(db))
     )
+    with pytest.raises(
+        MRLError, match="already holds a LanceDB table 'embeddings'; pass overwrite"
+    ):
+        export_run_embeddings(folder, tmp_path / "lance", 32, index_type="IVF_FLAT")
+    assert tbl.count_rows() == len(db)  # the refused export left the table as it was
+    again = export_run_embeddings(
+        folder, tmp_path / "lance", 16, index_type="IVF_FLAT", num_partitions=2, overwrite=True
+    )
+    assert again.schema.field("prefix").type.list_size == 16
     with pytest.raises(MRLError, match=r"prefix_dim=128 must be an integer in 1..64"):
         export_lancedb(tmp_path / "x", db, y, 128)
     with pytest.raises(MRLError, match="keep=5 must be an integer >= 10"):

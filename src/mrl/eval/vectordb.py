@@ -48,6 +48,14 @@ def _vectors(x: np.ndarray):
     return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
 
 
+def _has_table(db: Any, table: str) -> bool:
+    try:
+        db.open_table(table)
+    except Exception:  # noqa: BLE001 - LanceDB says "not found" with several exception types
+        return False
+    return True
+
+
 def export_lancedb(
     path: str | os.PathLike,
     database: np.ndarray,
@@ -60,9 +68,10 @@ def export_lancedb(
     num_sub_vectors: int | None = None,
     normalized: bool = False,
     chunk: int = 100_000,
+    overwrite: bool = False,
 ) -> Any:
-    """Write ``database`` into LanceDB at ``path`` (table ``table``, replaced) and index its
-    ``prefix`` column; returns the table.
+    """Write ``database`` into LanceDB at ``path`` (a new table ``table``; an existing one is
+    replaced only with ``overwrite=True``) and index its ``prefix`` column; returns the table.
 
     ``database``: ``(N, width)`` raw embeddings (``normalized=True``: already L2-normalised
     full vectors). ``index_type``: IVF_PQ (``num_sub_vectors`` default ``prefix_dim // 4``),
@@ -98,8 +107,15 @@ def export_lancedb(
 
     schema = next(batches()).schema
     db = lancedb.connect(str(path))
+    if not overwrite and _has_table(db, table):
+        raise MRLError(
+            f"{path} already holds a LanceDB table {table!r}; pass overwrite=True to replace "
+            "it, or export to another folder or table"
+        )
     tbl = db.create_table(
-        table, data=pa.RecordBatchReader.from_batches(schema, batches()), mode="overwrite"
+        table,
+        data=pa.RecordBatchReader.from_batches(schema, batches()),
+        mode="overwrite" if overwrite else "create",
     )
     from lancedb.index import IvfFlat, IvfHnswSq, IvfPq
 
@@ -241,7 +257,9 @@ def lance_funnel(
         except Exception:  # noqa: BLE001 - a half-written folder: rebuild
             tbl = None
     if tbl is None or not loaded:
-        tbl = export_lancedb(path, full, labels, prefix_dim, normalized=True, **index_opts)
+        tbl = export_lancedb(  # the cache's own folder: a stale table is rebuilt
+            path, full, labels, prefix_dim, normalized=True, overwrite=True, **index_opts
+        )
     f = LanceFunnel(tbl, keep, k, **options)
     f.loaded, f.build_seconds = loaded, time.perf_counter() - t0
     return f
