@@ -186,18 +186,18 @@ def test_evaluator_sizes_are_checked_before_training_or_embedding(tmp_path, trai
     for name, want in (
         (
             "train",
-            "eval.knn reads 20 neighbours per query but the database (the train split) "
+            "eval.knn needs k=20 neighbours per query but the database (the train split) "
             "has 16 items",
         ),
         (
             "eval",
-            "eval.retrieval reads 100 neighbours per query but the database (the train "
+            "eval.retrieval needs k=100 neighbours per query but the database (the train "
             "split) has 50 items",
         ),
     ):
         r = results[name]
         assert r["code"] == 2 and r["stderr"].strip().splitlines() == [
-            f"error: {want}; use more data (data.subset) or a smaller k"
+            f"error: {want}; use k <= {want.split()[-2]} or more data (data.subset)"
         ], (name, r["stderr"][-2000:])
     assert not (tmp_path / "t" / "checkpoints").exists()  # refused before training
     assert not (tmp_path / "e" / "embeddings").exists()  # refused before the embedding pass

@@ -208,12 +208,12 @@ def _cases(f) -> dict[str, tuple[str, list[str], list[str]]]:
         "eval_knn_k_above_database": (
             [f"ckpt_path={f['ckpt']}", "eval=[knn]", "data=fashion_mnist", "data.val_size=0"]
             + ["data_overrides.subset=16", "data_overrides.test_subset=8"],
-            ["k=20", "database (16 items)", "k <= 16"],
+            ["eval.knn needs k=20", "has 16 items", "k <= 16"],
         ),
         "eval_retrieval_k_above_database": (
             [f"ckpt_path={f['ckpt']}", "eval=[retrieval]", "data=fashion_mnist", "data.val_size=0"]
             + ["data_overrides.subset=16", "data_overrides.test_subset=8"],
-            ["k=100", "database (16 items)", "k <= 16"],
+            ["eval.retrieval needs k=100", "has 16 items", "k <= 16"],
         ),
         "eval_device_unknown": (
             [f"ckpt_path={f['ckpt']}", "device=tpu", "eval=[knn]", "data=fashion_mnist"],

@@ -60,11 +60,11 @@ class MRLEvalCallback(pl.Callback):
 
     def check_data(self, dm: Any, module: Any) -> None:
         """Refuse, before training, what the data sizes rule out (e.g. k=100 on 16 images)."""
-        from mrl.eval.pipeline import _width
+        from mrl.eval.pipeline import embed_width
 
-        if hasattr(dm, "split_sizes") and hasattr(module.net, "embed_dim"):
+        if hasattr(dm, "split_sizes") and hasattr(module, "dims"):
             sizes, classes = dm.split_sizes(), int(getattr(dm, "num_classes", 0) or 0)
-            check_sizes(self.evaluators, sizes, classes, _width(module))
+            check_sizes(self.evaluators, sizes, classes, embed_width(module))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         n = self.every_n_epochs

@@ -121,9 +121,10 @@ def evaluate_arrays(
     return final
 
 
-def _width(module: Any) -> int:
-    """The full embedding width of a LightningModule of this project."""
-    return int(module.net.embed_dim)
+def embed_width(module: Any) -> int:
+    """The full embedding width of a LightningModule of this project (a slimmable network's
+    widest representation, whose size is its largest dim)."""
+    return int(getattr(module.net, "embed_dim", None) or module.dims[-1])
 
 
 def evaluate_run(
@@ -149,7 +150,7 @@ def evaluate_run(
     ``{}``.
     """
     match_data(module, dm)
-    check_sizes(evaluators, dm.split_sizes(), int(dm.num_classes), _width(module))
+    check_sizes(evaluators, dm.split_sizes(), int(dm.num_classes), embed_width(module))
     meta = {**(meta or {}), "data": repr(dm), "transform": _eval_transform(dm)}
     t0 = time.time()
     arrays, reused = cached_embeddings(

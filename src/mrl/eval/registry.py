@@ -233,8 +233,8 @@ def check_sizes(
     for name, ev in evaluators.items():
         k = ev.neighbours_needed()
         problem = (
-            f"reads {k} neighbours per query but the database (the train split) has {n} items; "
-            "use more data (data.subset) or a smaller k"
+            f"needs k={k} neighbours per query but the database (the train split) has {n} items; "
+            f"use k <= {n} or more data (data.subset)"
             if k > n
             else ev.size_problem(sizes, num_classes, width)
         )

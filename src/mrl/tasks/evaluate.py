@@ -27,7 +27,13 @@ from mrl.core.dims import auto_dims
 from mrl.core.errors import MRLError
 from mrl.core.validate import integer
 from mrl.eval.cache import file_fingerprint, load_embeddings
-from mrl.eval.pipeline import eval_dims, evaluate_arrays, evaluate_run, match_data
+from mrl.eval.pipeline import (
+    embed_width,
+    eval_dims,
+    evaluate_arrays,
+    evaluate_run,
+    match_data,
+)
 from mrl.eval.registry import EvalData, build_evaluators, check_sizes
 from mrl.eval.search import use_search_device
 from mrl.objectives.classification import MRLLitModule
@@ -211,7 +217,7 @@ def _eval(cfg: DictConfig, run: RunDir, evaluators, devices: int, record, claim)
         wandb_name.update(eval_init_kwargs(link))
         if devices > 1:
             match_data(module, dm)  # one-line errors before any process starts
-            check_sizes(evaluators, dm.split_sizes(), int(dm.num_classes), module.net.embed_dim)
+            check_sizes(evaluators, dm.split_sizes(), int(dm.num_classes), embed_width(module))
             record.update(processes=devices)
             backend = "nccl" if device.type == "cuda" else "gloo"
             commit()
@@ -232,7 +238,7 @@ def _eval(cfg: DictConfig, run: RunDir, evaluators, devices: int, record, claim)
             )
             return read_record(run.metrics)
         match_data(module, dm)
-        check_sizes(evaluators, dm.split_sizes(), int(dm.num_classes), module.net.embed_dim)
+        check_sizes(evaluators, dm.split_sizes(), int(dm.num_classes), embed_width(module))
         commit()
         loggers = instantiate_all(logger_cfg, wandb=wandb_name)
         eval_cfg = OmegaConf.to_container(cfg, resolve=True)
