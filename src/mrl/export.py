@@ -237,17 +237,9 @@ def _default_out(source: Path, ckpt: Path) -> Path:
     return (run.path if run else ckpt.parent) / "export"
 
 
-def write_export(
-    encoder: MatryoshkaEncoder,
-    dest: str | Path,
-    onnx: bool = True,
-    run_dir: Path | None = None,
-    source: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``encoder``'s export folder at ``dest`` (module doc): under a fresh temporary
-    name next to it, renamed at the end; an existing non-empty ``dest`` is refused."""
-    from safetensors.torch import save_file
-
+def _staging_folder(dest: str | Path) -> tuple[Path, Path]:
+    """(``dest``, a fresh temporary folder beside it) for an export written there and renamed
+    into place; a ``dest`` that exists and is not an empty folder is refused (never replaced)."""
     dest = Path(dest).expanduser()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise MRLError(
@@ -260,6 +252,21 @@ def write_export(
         raise MRLError(
             f"cannot write --out {dest}: {e.strerror or e}; give a writable folder"
         ) from e
+    return dest, tmp
+
+
+def write_export(
+    encoder: MatryoshkaEncoder,
+    dest: str | Path,
+    onnx: bool = True,
+    run_dir: Path | None = None,
+    source: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``encoder``'s export folder at ``dest`` (module doc): under a fresh temporary
+    name next to it, renamed at the end; an existing non-empty ``dest`` is refused."""
+    from safetensors.torch import save_file
+
+    dest, tmp = _staging_folder(dest)
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in encoder.net.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": "mrl-export"})
@@ -525,18 +532,7 @@ def write_sentence_transformers(
 
     from mrl import __version__
 
-    dest = Path(dest).expanduser()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise MRLError(
-            f"--out {dest} exists and is not an empty folder; choose a new folder or remove it"
-        )
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    except OSError as e:
-        raise MRLError(
-            f"cannot write --out {dest}: {e.strerror or e}; give a writable folder"
-        ) from e
+    dest, tmp = _staging_folder(dest)
     try:
         encoder = encoder.cpu().eval()
         with tempfile.TemporaryDirectory(dir=tmp) as hf:

