@@ -157,6 +157,36 @@ def test_eval_runs_are_linked_to_their_training_run(runs):
     assert "knn/top1@d8" in summary and "eval/knn/top1@d8" not in summary
 
 
+@pytest.mark.multiprocess
+def test_eval_with_two_processes_is_linked_to_its_training_run(runs, tmp_path):
+    """``devices=2``: rank 0 writes the W&B link; the run record gets it back."""
+    from mrl.tasks.evaluate import eval_task
+
+    out, _ = runs
+    ev = tmp_path / "eval_ddp"
+    ecfg = compose_cfg(
+        "eval", ev, f"ckpt_path={out}/checkpoints/last.ckpt", "eval=[knn]", "devices=2"
+    )
+    eval_task(ecfg)
+    train_id = (out / "wandb_id.txt").read_text().strip()
+    config = {
+        k: json.loads(i.value_json)
+        for c in of_type(wandb_records(ev), "config")
+        for i, k in zip(c.update, keys(c.update), strict=True)
+    }
+    assert config["trained_by"]["wandb_id"] == train_id
+    assert config["trained_by"]["artifact"] == f"model-{train_id}:latest"
+    assert config["eval"]["devices"] == 2
+    record = json.loads((ev / "run.json").read_text())
+    assert record["processes"] == 2
+    assert record["trained_by"] == {
+        "run_dir": str(out),
+        "wandb_id": train_id,
+        "artifact": f"model-{train_id}:latest",
+        "artifact_used": False,  # offline: the config links it, use_artifact needs a server
+    }
+
+
 def test_second_eval_into_a_new_run_dir_reuses_the_cache(runs):
     out, (first, second) = runs
     assert json.loads((first / "eval_timing.json").read_text())["embeddings_reused"] is False

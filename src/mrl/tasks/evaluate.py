@@ -17,6 +17,8 @@ All three produce one :class:`~mrl.eval.registry.EvalData`; everything after it 
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +126,15 @@ def _data_config(cfg: DictConfig, ckpt: Path) -> dict[str, Any]:
 
 def _eval_worker(rank: int, args: tuple) -> None:
     """One of ``devices`` processes: embed this rank's shard; rank 0 evaluates and writes."""
-    ckpt, data_cfg, evaluators, out, device_type, logger_cfg, wandb_name, kwargs = args
+    ckpt, data_cfg, evaluators, out, device_type, logger_cfg, wandb_name, kwargs, link = args
     module = load_module(ckpt)
     dm = instantiate(data_cfg)
     device = torch.device(f"cuda:{rank}" if device_type == "cuda" else "cpu")
     loggers = instantiate_all(logger_cfg, wandb=wandb_name) if rank == 0 else []
     try:
+        if rank == 0:  # the W&B link to the training run, handed back through link["reply"]
+            t = link_to_training(loggers, link["trained_by"], link["eval_cfg"])
+            Path(link["reply"]).write_text(json.dumps(t))
         evaluate_run(module, dm, evaluators, out, device=device, loggers=loggers, **kwargs)
     finally:
         close_wandb(loggers)
@@ -221,21 +226,28 @@ def _eval(cfg: DictConfig, run: RunDir, evaluators, devices: int, record, claim)
             record.update(processes=devices)
             backend = "nccl" if device.type == "cuda" else "gloo"
             commit()
-            spawn(
-                _eval_worker,
-                devices,
-                (
-                    ckpt,
-                    data_cfg,
-                    evaluators,
-                    run.path,
-                    device.type,
-                    logger_cfg,
-                    wandb_name,
-                    kwargs,
-                ),
-                backend=backend,
-            )
+            eval_cfg = OmegaConf.to_container(cfg, resolve=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                reply = Path(tmp) / "trained_by.json"
+                link_args = {"trained_by": link, "eval_cfg": eval_cfg, "reply": str(reply)}
+                spawn(
+                    _eval_worker,
+                    devices,
+                    (
+                        ckpt,
+                        data_cfg,
+                        evaluators,
+                        run.path,
+                        device.type,
+                        logger_cfg,
+                        wandb_name,
+                        kwargs,
+                        link_args,
+                    ),
+                    backend=backend,
+                )
+                t = json.loads(reply.read_text()) if reply.is_file() else {}
+            record.update({"trained_by": t} if t else {})
             return read_record(run.metrics)
         match_data(module, dm)
         check_sizes(evaluators, dm.split_sizes(), int(dm.num_classes), embed_width(module))
