@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data test test-readme test-multiprocess test-all test-fast lint format reproduce-table1 reproduce-paper \
-	reproduce-interpolation reproduce-robustness reproduce-adaptive reproduce-novel reproduce-longtail reproduce-text reproduce-adaptor train aggregate clean-logs bench-retrieval mutation
+	reproduce-interpolation reproduce-robustness reproduce-adaptive reproduce-novel reproduce-longtail reproduce-text reproduce-adaptor reproduce-align train aggregate clean-logs bench-retrieval mutation
 
 help: ## list every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ reproduce-text: setup ## MiniLM on WordNet: plain truncation vs MRL fine-tune, d
 
 reproduce-adaptor: setup ## MiniLM (WordNet) + FF-512 vs MRL (Fashion-MNIST): truncation, PCA, adaptor, MRL at every prefix x precision -> results/adaptor_*
 	$(PY) scripts/reproduce_adaptor.py $(ARGS)
+
+reproduce-align: setup ## ALIGN row: MRL vs FF dual encoders (ResNet-18 + MiniLM) on Fashion-MNIST captions, + FF truncation -> results/align_fashion_mnist.*
+	$(PY) scripts/reproduce_align.py $(ARGS)
 
 reproduce-paper: reproduce-table1 ## Tables 1-2 and every experiment above, in order
 	$(PY) scripts/reproduce_paper.py --seeds $(SEEDS) $(PAPER_ARGS)

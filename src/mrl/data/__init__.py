@@ -15,6 +15,10 @@ from mrl.data.base import MRLDataModule
 from mrl.data.cifar import CIFAR10DataModule, CIFAR100DataModule, CIFARDataModule
 from mrl.data.fashion_mnist import FashionMNISTDataModule
 from mrl.data.idx import read_idx
+from mrl.data.image_text import (  # (image, caption) pairs, not in DATAMODULES
+    FashionMNISTCaptionsDataModule,
+    ImageTextDataModule,
+)
 from mrl.data.imagefolder import ImageFolderDataModule, ImageNetDataModule
 from mrl.data.wordnet import WordNetDataModule  # text (retrieval pairs), not in DATAMODULES
 
@@ -40,9 +44,11 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "CIFARDataModule",
+    "FashionMNISTCaptionsDataModule",
     "FashionMNISTDataModule",
     "ImageFolderDataModule",
     "ImageNetDataModule",
+    "ImageTextDataModule",
     "MRLDataModule",
     "WordNetDataModule",
     "build_datamodule",

@@ -48,13 +48,23 @@ def weighted_knn_predict(
     preds = np.empty(len(scores), dtype=np.int64)
     chunk = max(1, min(chunk, (1 << 24) // max(1, num_classes)))  # votes: <= 128 MiB
     for start in range(0, len(scores), chunk):
-        s = scores[start : start + chunk].astype(np.float64)
-        lab = labels[start : start + chunk]
-        w = np.exp((s - s.max(axis=1, keepdims=True)) / T)
-        rows = np.arange(len(s))[:, None] * num_classes
-        votes = np.bincount((rows + lab).ravel(), w.ravel(), minlength=len(s) * num_classes)
-        preds[start : start + chunk] = votes.reshape(len(s), num_classes).argmax(axis=1)
+        votes = weighted_knn_votes(
+            scores[start : start + chunk], labels[start : start + chunk], num_classes, T
+        )
+        preds[start : start + chunk] = votes.argmax(axis=1)
     return preds
+
+
+def weighted_knn_votes(
+    scores: np.ndarray, labels: np.ndarray, num_classes: int, T: float = 0.07
+) -> np.ndarray:
+    """``(q, C)`` float64 votes: for each query, the sum of ``exp(score / T)`` of its given
+    neighbours per class, shifted by the row's best score (same order, no overflow)."""
+    s = np.asarray(scores, dtype=np.float64)
+    w = np.exp((s - s.max(axis=1, keepdims=True)) / T)
+    rows = np.arange(len(s))[:, None] * num_classes
+    votes = np.bincount((rows + labels).ravel(), w.ravel(), minlength=len(s) * num_classes)
+    return votes.reshape(len(s), num_classes)
 
 
 def knn_metrics(

@@ -55,10 +55,11 @@ def ndcg_at_k(ranks: np.ndarray, k: int) -> np.ndarray:
     return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
 
 
-def _check_ks(ks: Sequence[int]) -> list[int]:
+def check_ks(ks: Sequence[int], example: str = "(1, 10)") -> list[int]:
+    """The sorted distinct cut-offs of ``ks``; anything but positive integers is one line."""
     given = list(ks)
     if not given or any(not is_int(k) or k < 1 for k in given):
-        raise MRLError(f"ks={ks!r} must be positive integers such as (1, 10)")
+        raise MRLError(f"ks={ks!r} must be positive integers such as {example}")
     return sorted({int(k) for k in given})
 
 
@@ -68,7 +69,7 @@ def metrics_from_neighbors(
     """``R@k`` for every k in ``ks``, and ``MRR@k`` / ``nDCG@k`` at the largest k, per prefix
     (see the module doc). ``neighbors``: ``{m: (scores, ids)}`` with at least ``max(ks)``
     columns, or all documents when there are fewer."""
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     out: dict[str, float] = {}
     for m, (_, idx) in sorted(neighbors.items()):
         ranks = relevant_ranks(idx[:, : ks[-1]], relevant)
@@ -100,7 +101,7 @@ def text_retrieval_metrics(
     relevant = as_labels(relevant, len(queries), "relevant")
     if len(relevant) and (relevant.min() < 0 or relevant.max() >= len(docs)):
         raise MRLError(f"relevant must index the {len(docs)} documents (0..{len(docs) - 1})")
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     neighbors = prefix_neighbors(docs, queries, dims, min(ks[-1], len(docs)))
     return metrics_from_neighbors(neighbors, relevant, ks, prefix)
 
@@ -114,7 +115,7 @@ class TextRetrieval(Evaluator):
     precision_aware = True  # reads only the shared neighbours: every precision and baseline
 
     def __init__(self, ks: Sequence[int] = DEFAULT_KS) -> None:
-        self.ks = tuple(_check_ks(ks))
+        self.ks = tuple(check_ks(ks))
         self.main_metric = f"text_retrieval/nDCG@{self.ks[-1]}"
 
     def neighbours_needed(self) -> int:

@@ -93,6 +93,14 @@ class NestedInfoNCE(torch.nn.Module):
         }
 
 
+def draw_prefixes(dims: list[int], n: int | None) -> list[int]:
+    """``dims``, or a random ``n`` of them in increasing order (torch's global generator)."""
+    if n is None or n >= len(dims):
+        return dims
+    pick = torch.randperm(len(dims))[:n].sort().values
+    return [dims[int(i)] for i in pick]
+
+
 class ContrastiveLitModule(NestedObjective):
     """A text encoder trained with the nested InfoNCE loss on paired text.
 
@@ -176,11 +184,7 @@ class ContrastiveLitModule(NestedObjective):
     # ------------------------------------------------------------------ training
     def step_dims(self) -> list[int]:
         """The prefixes of this step (all, or a random ``n_dims_per_step`` of them)."""
-        n = self.n_dims_per_step
-        if n is None or n >= len(self.dims):
-            return self.dims
-        pick = torch.randperm(len(self.dims))[:n].sort().values
-        return [self.dims[int(i)] for i in pick]
+        return draw_prefixes(self.dims, self.n_dims_per_step)
 
     def prefix_losses(self, batch: dict[str, list[str]]) -> dict[int, torch.Tensor]:
         q = self.net(batch["query"])  # once per batch, sliced per prefix
