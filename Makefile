@@ -64,7 +64,7 @@ PRESET ?=
 EXPERIMENT ?= table1_$(DATA)$(if $(PRESET),_$(PRESET))
 SEEDS ?= 0,1,2
 ARGS ?=
-reproduce-table1: setup ## Tables 1 + 2 on DATA (fashion_mnist), SEEDS (0,1,2), PRESET (full: all data) -> results/
+reproduce-table1: setup ## Tables 1 + 2 on DATA (fashion_mnist), SEEDS (0,1,2), PRESET (full: ResNet-18, 3 epochs) -> results/
 	$(PY) scripts/reproduce.py --experiment $(EXPERIMENT) --data $(DATA)$(if $(PRESET),_$(PRESET)) --seeds $(SEEDS) $(ARGS)
 
 PAPER_ARGS ?=

@@ -1,26 +1,32 @@
 """Reproduce the paper's Table 1 and Table 2 end to end: train, evaluate, baselines, tables.
 
     python scripts/reproduce.py [--experiment table1_fashion_mnist] [--data fashion_mnist]
-                                [--seeds 0,1,2] [--out results] [-- Hydra overrides for every job]
+                                [--seeds 0,1,2] [--out results] [--jobs N]
+                                [-- Hydra overrides for every job]
 
 Stages, each run for every seed (each resumable: a finished run is reused, an unfinished one
 continues from its ``last.ckpt``; a failed job is reported and its cells are marked failed):
   1. MRL and MRL-E: ``train.py -m experiment=E mrl.efficient=false,true seed=...``
   2. FF-k for every k of the nesting list: ``train.py -m experiment=E method=ff mrl.ff_dim=...``
+     (FF-max, the largest k, in its own sweep ``seed<s>_max``: only it is evaluated at every
+     prefix, for Rand. FS)
   3. Slim. Net: ``train.py -m experiment=E objective=slimmable`` (the slimmable version of the
      experiment's ResNet; the same trainer, checkpoints and resume)
   4. baselines from each seed's FF-max: SVD and Rand. LP (Table 1), FF+SVD (Table 2); Rand. LP
      trains for the networks' epochs at their batch size
   5. tables ``<out>/table{1,2}_<data>.{md,csv,png}``: mean ± std over the seeds, the raw
      per-seed values in the CSV, and the paper's claims judged against that spread
-Run dirs live in ``<out>/runs/<experiment>/``. The exit status is 1 when any stage failed
-(the tables are still written, the failed cells marked).
+Run dirs live in ``<out>/runs/<experiment>/<stage>/seed<s>/<job>/``, one multirun per stage
+and seed; ``--jobs`` of them run at once (default: 1 with a GPU; on a CPU-only machine 2, each
+with half the cores and its output in ``seed<s>.log``). The exit status is 1 when any stage
+failed (the tables are still written, the failed cells marked).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -49,8 +55,17 @@ def compose(experiment: str, out_dir: Path, overrides: list[str]):
         )
 
 
-def train_sweep(name: str, sweep_dir: Path, experiment: str, args: list[str]) -> int:
-    """One Hydra multirun of train.py; returns its exit code (failures do not stop us)."""
+def train_sweep(
+    name: str,
+    sweep_dir: Path,
+    experiment: str,
+    args: list[str],
+    log: Path | None = None,
+    threads: int | None = None,
+) -> int:
+    """One Hydra multirun of train.py; returns its exit code (failures do not stop us).
+    ``log``: its output goes to that file (appended) instead of the console; ``threads``: its
+    OMP/MKL thread count (unless the caller's environment already sets one)."""
     cmd = [
         sys.executable,
         str(ROOT / "train.py"),
@@ -60,17 +75,57 @@ def train_sweep(name: str, sweep_dir: Path, experiment: str, args: list[str]) ->
         "ckpt_path=auto",
         *args,
     ]
-    print(f"\n== {name}: {' '.join(cmd[1:])}", flush=True)
+    env = dict(os.environ)
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, str(threads))
+    where = f" (log: {log})" if log else ""
+    print(f"\n== {name}: {' '.join(cmd[1:])}{where}", flush=True)
     t = time.time()
-    rc = subprocess.call(cmd, cwd=ROOT)
+    if log is None:
+        rc = subprocess.call(cmd, cwd=ROOT, env=env)
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as f:
+            rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     print(f"== {name}: exit {rc} in {time.time() - t:.0f}s", flush=True)
     return rc
+
+
+def default_jobs() -> int:
+    """Training processes at once: 1 with a GPU; on a CPU-only machine 2 (each with half the
+    cores), which overlaps one job's single-threaded parts (start-up, evaluation, checkpoint
+    and plot writing) with the other's training."""
+    import torch
+
+    return 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
+
+
+def run_sweeps(tasks: list[tuple[str, Path, list[str]]], experiment: str, jobs: int) -> list[str]:
+    """Run every ``(name, sweep_dir, args)`` multirun, ``jobs`` at a time (in the given order);
+    returns the names of those that failed. With ``jobs > 1`` each sweep writes its output
+    to ``<sweep_dir>.log`` and uses ``cores // jobs`` threads."""
+    if jobs <= 1:
+        return [n for n, d, args in tasks if train_sweep(n, d, experiment, args) != 0]
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        codes = list(
+            pool.map(
+                lambda t: train_sweep(
+                    t[0], t[1], experiment, t[2], log=t[1].with_suffix(".log"), threads=threads
+                ),
+                tasks,
+            )
+        )
+    return [t[0] for t, rc in zip(tasks, codes, strict=True) if rc != 0]
 
 
 def ff_max_run(ff_dir: Path, seed: int) -> Path | None:
     """The completed FF run with the largest k for ``seed``."""
     best = None
-    for info_file in ff_dir.glob("*/run.json"):
+    for info_file in sorted(ff_dir.rglob("run.json")):
         info = json.loads(info_file.read_text())
         if info.get("seed", 0) != seed:
             continue
@@ -130,7 +185,9 @@ def baselines(run_dir: Path, ff_dir: Path, dims: list[int], seed: int, budget: d
                     m[f"ff_svd/knn_top1@d{k}"] = v
             update_metrics_json(run.metrics, m)
             info.update(source=str(src), svd_rank_limit=int(min(w.shape)), rand_lp=budget)
-            print(f"== baselines from {src.name}: {len(m)} cells in {time.time() - t:.0f}s")
+            print(
+                f"== baselines from {src.relative_to(ff_dir)}: {len(m)} cells in {time.time() - t:.0f}s"
+            )
     except Exception as e:  # noqa: BLE001 - reported and counted; the tables are still written
         print(f"== baselines failed: {e}", flush=True)
         return False
@@ -144,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--skip", nargs="*", default=[], choices=["mrl", "ff", "slim", "baselines"])
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="training processes at once (default: 1 with a GPU, else 2 with half the cores each)",
+    )
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every training job")
     a = p.parse_args(argv)
 
@@ -158,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"error: --seeds={a.seeds!r}: give distinct integers >= 0, e.g. 0,1,2", file=sys.stderr
         )
+        return 2
+    if a.jobs is not None and a.jobs < 1:
+        print(f"error: --jobs={a.jobs}: give a number of processes >= 1", file=sys.stderr)
         return 2
     t0 = time.time()
     out = (ROOT / a.out) if not Path(a.out).is_absolute() else Path(a.out)
@@ -174,17 +240,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dims = parse_dims(list(cfg.mrl.dims) if not isinstance(cfg.mrl.dims, str) else cfg.mrl.dims)
     print(f"Reproducing Table 1/2 ({a.experiment}): dims {dims}, seeds {seeds}; runs in {runs}")
-    seed_arg = "seed=" + ",".join(map(str, seeds))
-    failures = []
-    stages = {
-        "mrl": ("MRL, MRL-E", "mrl", ["mrl.efficient=false,true"]),
-        "ff": ("FF-k", "ff", ["method=ff", "mrl.ff_dim=" + ",".join(map(str, dims))]),
-        "slim": ("Slim. Net", "slim", ["objective=slimmable"]),
-    }
-    for key, (name, folder, args) in stages.items():
-        if key not in a.skip:
-            rc = train_sweep(name, runs / folder, a.experiment, [*args, seed_arg, *a.overrides])
-            failures += [name] * (rc != 0)
+    jobs = a.jobs if a.jobs is not None else default_jobs()
+    # the longest sweeps first (FF: one network per size), so that parallel jobs end together.
+    # Only FF-max is evaluated at every prefix (Rand. FS); FF-k below it only at k.
+    no_extra = ["callbacks.mrl_eval.extra_dims=[]"] if "mrl_eval" in (cfg.callbacks or {}) else []
+    stages = [
+        ("ff", "FF-k", "ff", "", ["method=ff", "mrl.ff_dim=" + ",".join(map(str, dims[:-1]))]),
+        ("slim", "Slim. Net", "slim", "", ["objective=slimmable"]),
+        ("mrl", "MRL, MRL-E", "mrl", "", ["mrl.efficient=false,true"]),
+        ("ff", "FF-max", "ff", "_max", ["method=ff", f"mrl.ff_dim={dims[-1]}"]),
+    ]
+    tasks = [
+        (
+            f"{name} (seed {seed})",
+            runs / folder / f"seed{seed}{suffix}",
+            [*args, *(no_extra if name == "FF-k" else []), f"seed={seed}", *a.overrides],
+        )
+        for key, name, folder, suffix, args in stages
+        if key not in a.skip and not (name == "FF-k" and len(dims) == 1)
+        for seed in seeds
+    ]
+    print(f"{len(tasks)} training sweeps, {jobs} at a time")
+    failures = run_sweeps(tasks, a.experiment, jobs)
     if "baselines" not in a.skip:
         budget = {"epochs": int(cfg.trainer.max_epochs), "batch_size": int(cfg.data.batch_size)}
         for seed in seeds:
@@ -192,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(f"baselines (seed {seed})")
     header = (
         f"Experiment `{a.experiment}` (conf/experiment/{a.experiment}.yaml): model "
-        f"{cfg.model.name} channels={list(cfg.model.get('channels') or [])}, dims {dims}, "
+        f"{cfg.model.name} layers={list(cfg.model.get('layers') or [])} "
+        f"channels={list(cfg.model.get('channels') or [])}, dims {dims}, "
         f"{cfg.trainer.max_epochs} epochs, batch {cfg.data.batch_size}, data {a.data} "
         f"subset={cfg.data.get('subset')}, seeds {seeds}. Wall-clock {time.time() - t0:.0f} s."
     )

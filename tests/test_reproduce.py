@@ -153,7 +153,7 @@ def test_reproduce_pipeline_on_fake_imagenet(fake_imagenet, tmp_path):
     assert cells[("SVD", 8)] is not None and cells[("SVD", 8)] == cells[("SVD", 32)]
     assert cells[("Rand. LP", 8)] is not None
     # Slim. Net ran through train.py like the others (its own run dir, record and checkpoint)
-    (slim,) = (tmp_path / "res" / "runs" / "table1_imagenet" / "slim").glob("[0-9]*")
+    (slim,) = (tmp_path / "res" / "runs" / "table1_imagenet" / "slim" / "seed0").glob("[0-9]*")
     assert json.loads((slim / "run.json").read_text())["method"] == "Slim. Net"
     assert (slim / "checkpoints" / "last.ckpt").is_file()
     assert 0 <= cells[("Slim. Net", 32)] <= 100 and 0 <= cells[("Slim. Net", 8)] <= 100
@@ -164,6 +164,16 @@ def test_reproduce_pipeline_on_fake_imagenet(fake_imagenet, tmp_path):
     assert t2[("Rand. FS", 16)] is not None and t2[("MRL", 32)] is not None
     md = (tmp_path / "res" / "table1_imagenet.md").read_text()
     assert "(66.63," in md  # the paper's value beside ours for ImageNet
+    # two sweeps at a time on a CPU (the default): each sweep's output is in seed<s>.log
+    logs = sorted((tmp_path / "res" / "runs" / "table1_imagenet").glob("*/seed0.log"))
+    assert [p.parent.name for p in logs] == ["ff", "mrl", "slim"]
+    assert "2 at a time" in r.stdout
+
+    def reused_in_logs() -> int:  # FF-max's sweep (seed0_max) logs beside FF-k's
+        every = (tmp_path / "res" / "runs" / "table1_imagenet").glob("*/seed0*.log")
+        return sum(p.read_text().count("already completed") for p in every)
+
+    before = reused_in_logs()
     # rerun: every finished run is reused, nothing is retrained
     r2 = run_cli(
         "scripts/reproduce.py",
@@ -183,7 +193,7 @@ def test_reproduce_pipeline_on_fake_imagenet(fake_imagenet, tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     # every run: MRL, MRL-E, each FF-k, Slim. Net and the baselines
     runs = 2 + len(dims) + 1 + 1
-    reused = r2.stdout.count("already completed") + r2.stdout.count("reusing")
+    reused = reused_in_logs() - before + r2.stdout.count("reusing")
     assert reused >= runs, r2.stdout[-3000:]
 
 
@@ -217,6 +227,11 @@ def test_failed_stage_exits_nonzero_with_tables_written(tmp_path):
     assert "| 8 | failed | failed |" in md  # Rand. LP and SVD come from the failed baselines
     r = run_cli("scripts/reproduce.py", "--seeds", "0,x", "--out", str(tmp_path / "r2"))
     assert r.returncode == 2 and "--seeds='0,x'" in r.stderr
+    r = run_cli("scripts/reproduce.py", "--jobs", "0", "--out", str(tmp_path / "r3"))
+    assert r.returncode == 2 and r.stderr.strip().endswith(
+        "--jobs=0: give a number of processes >= 1"
+    )
+    assert not (tmp_path / "r3").exists()
 
 
 def test_reproduce_paper_adaptive_stage_on_a_trained_run(trained_run, tmp_path):

@@ -299,3 +299,29 @@ def test_arch_follows_the_timm_name(arch, block, width):
     ]
     with pytest.raises(MRLError, match="has no slimmable version"):
         SlimmableLitModule(10, 3, 64, arch="vit_small_patch16_224")
+
+
+@torch.no_grad()
+def test_slim_net_follows_the_experiments_model(images, tmp_path):
+    """``objective=slimmable`` builds the experiment's own ResNet (blocks per stage and
+    channels of ``model=``): at full width it is that timm network, weight for weight."""
+    from hydra.utils import instantiate
+
+    from mrl_test_utils import compose_cfg
+
+    cfg = compose_cfg("train", tmp_path, "experiment=table1_fashion_mnist", "objective=slimmable")
+    assert list(cfg.model.layers) == [1, 1, 1, 1] and list(cfg.model.channels)[-1] == 256
+    assert cfg.model.stem_width == 32
+    net = instantiate(cfg.objective)(num_classes=10, in_chans=1, img_size=28).net
+    assert net.layers_cfg == (1, 1, 1, 1) and net.num_features == 256
+    assert net.representation_sizes() == {0.25: 64, 0.5: 128, 0.75: 192, 1.0: 256}
+    randomise_bn(net)
+    net.set_width(1.0).eval()
+    model = {k: v for k, v in cfg.model.items() if k != "_target_"}
+    backbone = Backbone(**model, in_chans=1).eval()
+    state = net.plain_state_dict(1.0)
+    backbone.model.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
+    x = images[0][:8]
+    torch.testing.assert_close(net.embed(x), backbone(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(MRLError, match=r"channels=\[16, 32\] must list one width per stage"):
+        SlimmableResNet(layers=[1, 1, 1, 1], channels=[16, 32])

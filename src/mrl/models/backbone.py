@@ -97,6 +97,10 @@ class Backbone(nn.Module):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise MRLError(f"could not create timm model {name!r}: {first}") from e
         self.name = name
+        stem_width = timm_kwargs.get("stem_width")
+        conv1 = getattr(self.model, "conv1", None)
+        if stem_width is not None and isinstance(conv1, nn.Conv2d):
+            self._stem_width(positive_int(stem_width, "stem_width"))
         if small_input_stem:
             self._small_stem(in_chans)
         self.width = int(self.model.num_features)
@@ -120,6 +124,39 @@ class Backbone(nn.Module):
             self.width,
             embed_dim,
         )
+
+    def _stem_width(self, width: int) -> None:
+        """A plain (one-conv) ResNet stem ``width`` channels wide: timm's plain stem is 64
+        wide whatever ``stem_width`` says (it only sizes deep stems). The stem conv, its
+        BatchNorm and the first block's input convs (its conv1 and shortcut) are rebuilt,
+        initialised as timm initialises ResNets."""
+        m = self.model
+        if m.conv1.out_channels == width:
+            return
+        old = m.conv1
+        m.conv1 = nn.Conv2d(
+            old.in_channels, width, old.kernel_size, old.stride, old.padding, bias=False
+        )
+        m.bn1 = nn.BatchNorm2d(width)
+        block = m.layer1[0]
+        c = block.conv1
+        block.conv1 = nn.Conv2d(
+            width, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False
+        )
+        out = block.bn3.num_features if hasattr(block, "bn3") else block.bn2.num_features
+        stride = block.conv2.stride if hasattr(block, "bn3") else c.stride
+        if block.downsample is not None:
+            d = block.downsample[0]
+            block.downsample[0] = nn.Conv2d(width, out, d.kernel_size, d.stride, bias=False)
+        elif width != out:
+            block.downsample = nn.Sequential(
+                nn.Conv2d(width, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+            )
+        for mod in (m.conv1, block.conv1, *(block.downsample or [])):
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+        if hasattr(m, "feature_info"):
+            m.feature_info[0]["num_chs"] = width
 
     def _small_stem(self, in_chans: int) -> None:
         conv = getattr(self.model, "conv1", None)

@@ -275,6 +275,8 @@ class SlimmableResNet(nn.Module):
             ``base_width * 2**i`` planes, times 4 at the output of a bottleneck (the full
             representation: 512 for ResNet-18, 2048 for ResNet-50).
         block: ``"basic"`` or ``"bottleneck"`` (see :data:`RESNET_ARCHS`).
+        channels: planes of each stage at full width (timm's ``channels``), instead of
+            ``base_width * 2**i``; one per stage.
         stem_width: channels of the stem convolution at full width; None: ``base_width``.
             (timm's plain ResNet stem is 64 wide whatever ``channels`` says:
             ``objective=slimmable`` passes 64 so that the two networks match.)
@@ -298,6 +300,7 @@ class SlimmableResNet(nn.Module):
         small_input_stem: bool = True,
         block: str = "basic",
         stem_width: int | None = None,
+        channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if block not in BLOCKS:
@@ -314,7 +317,15 @@ class SlimmableResNet(nn.Module):
         self.width_mults = parse_width_mults(width_mults)
         self.small_input_stem = bool(small_input_stem)
         mults = self.width_mults
-        stage_channels = [self.base_width * 2**i for i in range(len(self.layers_cfg))]
+        if channels is None:
+            stage_channels = [self.base_width * 2**i for i in range(len(self.layers_cfg))]
+        else:
+            if isinstance(channels, (int, str)) or len(channels) != len(self.layers_cfg):
+                raise MRLError(
+                    f"channels={channels!r} must list one width per stage "
+                    f"({len(self.layers_cfg)} stages: layers={list(self.layers_cfg)})"
+                )
+            stage_channels = [positive_int(c, "channels[i]") for c in channels]
         self.stage_channels = {m: [scaled_channels(c, m) for c in stage_channels] for m in mults}
         self.stage_outputs = {
             m: [c * expansion for c in chans] for m, chans in self.stage_channels.items()

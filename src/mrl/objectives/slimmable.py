@@ -79,7 +79,8 @@ class SlimmableLitModule(NestedClassifierSteps, NestedObjective):
         arch: a timm ResNet name (``model.name``): gives the block type and ``layers``
             (ResNet-18: BasicBlocks 2-2-2-2; ResNet-50: Bottlenecks 3-4-6-3, width 2048).
             None: ``layers`` with BasicBlocks.
-        layers, base_width, stem_width, width_mults: the network (:class:`SlimmableResNet`).
+        layers, base_width, stem_width, channels, width_mults: the network
+            (:class:`SlimmableResNet`); ``channels`` follows ``model.channels``.
         dims: the nesting list read from the full-width representation (``mrl.dims``,
             the full width appended when it is not the largest); None: the widths' sizes.
         small_input_stem: True / False / ``"auto"`` (True for images < 64 px).
@@ -106,6 +107,7 @@ class SlimmableLitModule(NestedClassifierSteps, NestedObjective):
         layers: Sequence[int] | None = None,
         base_width: int = 64,
         stem_width: int | None = None,
+        channels: Sequence[int] | None = None,
         dims: Any = None,
         width_mults: Sequence[float] = WIDTH_MULTS,
         small_input_stem: bool | str = "auto",
@@ -132,6 +134,7 @@ class SlimmableLitModule(NestedClassifierSteps, NestedObjective):
             small_input_stem=small_input_stem,
             block=block,
             stem_width=stem_width,
+            channels=channels,
         )
         self.sizes = self.net.representation_sizes()
         self.subnet_sizes = [self.sizes[m] for m in self.net.width_mults]
