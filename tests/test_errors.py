@@ -133,7 +133,7 @@ def _cases(f) -> dict[str, tuple[str, list[str], list[str]]]:
         ),
         "data_unknown_group": (
             ["data=nope"],
-            ["'nope'", "group 'data'", "fashion_mnist, imagefolder"],
+            ["'nope'", "group 'data'", "fashion_mnist, fashion_mnist_captions, image_text"],
         ),
         "method_unknown_group": (["method=nope"], ["'nope'", "group 'method'", "ff, mrl, mrl_e"]),
         "data_root_missing": (
