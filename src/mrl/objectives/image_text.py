@@ -37,7 +37,7 @@ from mrl.models.dual_encoder import DualEncoder
 from mrl.objectives.classification import build_backbone
 from mrl.objectives.contrastive import NestedInfoNCE, build_text_encoder, draw_prefixes
 from mrl.objectives.nested import NestedObjective
-from mrl.objectives.optim import lr_lambda, make_optimizer, optim_settings
+from mrl.objectives.optim import make_optimizer, optim_settings, with_schedule
 
 
 class ImageTextLitModule(NestedObjective):
@@ -184,12 +184,7 @@ class ImageTextLitModule(NestedObjective):
             opt.param_groups = []  # no state yet: regroup in place
             for g in groups:
                 opt.add_param_group(g)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(float(self.optim_cfg["warmup_epochs"]) * steps_per_epoch))
-        schedule = lr_lambda(self.optim_cfg["schedule"], warmup, total)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return with_schedule(opt, self.optim_cfg, self.trainer)
 
     # ------------------------------------------------------------------ evaluation
     def _eval_start(self) -> None:

@@ -40,7 +40,7 @@ from mrl.core.errors import MRLError
 from mrl.core.validate import is_number
 from mrl.objectives.contrastive import build_text_encoder
 from mrl.objectives.nested import NestedObjective
-from mrl.objectives.optim import lr_lambda, make_optimizer, optim_settings
+from mrl.objectives.optim import make_optimizer, optim_settings, with_schedule
 
 IGNORE = -100
 
@@ -195,17 +195,7 @@ class MLMLitModule(NestedObjective):
                     settings["lr"] = group["lr"] * self.head_lr_scale
                     opt.add_param_group({**settings, "params": moved})
             opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(
-            round(
-                float(self.optim_cfg["warmup_epochs"])
-                * total
-                / max(1, self.trainer.max_epochs or 1)
-            )
-        )
-        schedule = lr_lambda(self.optim_cfg["schedule"], warmup, total)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return with_schedule(opt, self.optim_cfg, self.trainer)
 
     def setup(self, stage: str) -> None:
         """Give the data this model's masking tokenizer (batches then arrive masked)."""

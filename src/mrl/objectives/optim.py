@@ -118,7 +118,12 @@ def make_optimizer(module: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.opt
 
 def configure_optimizers(module: torch.nn.Module, cfg: Mapping[str, Any], trainer) -> dict:
     """Lightning's ``configure_optimizers`` value: the optimiser and a per-step schedule."""
-    opt = make_optimizer(module, cfg)
+    return with_schedule(make_optimizer(module, cfg), cfg, trainer)
+
+
+def with_schedule(opt: torch.optim.Optimizer, cfg: Mapping[str, Any], trainer) -> dict:
+    """``{"optimizer": opt, "lr_scheduler": ...}``: ``cfg``'s warm-up and schedule per step
+    over the trainer's estimated steps (for objectives that regroup their optimiser first)."""
     total = max(1, int(trainer.estimated_stepping_batches))
     steps_per_epoch = total / max(1, trainer.max_epochs or 1)
     warmup = int(round(float(cfg["warmup_epochs"]) * steps_per_epoch))
