@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,25 +102,33 @@ def default_jobs() -> int:
     return 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
 
 
-def run_sweeps(tasks: list[tuple[str, Path, list[str]]], experiment: str, jobs: int) -> list[str]:
-    """Run every ``(name, sweep_dir, args)`` multirun, ``jobs`` at a time (in the given order);
-    returns the names of those that failed. With ``jobs > 1`` each sweep writes its output
-    to ``<sweep_dir>.log`` and uses ``cores // jobs`` threads."""
+Task = tuple[str, Path, list[str], "Callable[[], str | None] | None"]
+
+
+def run_sweeps(tasks: list[Task], experiment: str, jobs: int) -> list[str]:
+    """Run every ``(name, sweep_dir, args, then)`` multirun, ``jobs`` at a time (in the given
+    order); ``then`` (if any) runs in the same slot right after its sweep, whatever its exit,
+    and returns the name of what failed or None. Returns the names of everything that failed.
+    With ``jobs > 1`` each sweep writes its output to ``<sweep_dir>.log`` and uses
+    ``cores // jobs`` threads."""
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+
+    def run(task: Task) -> list[str]:
+        name, sweep_dir, args, then = task
+        log = sweep_dir.with_suffix(".log") if jobs > 1 else None
+        failed = [name] if train_sweep(name, sweep_dir, experiment, args, log, threads) else []
+        also = then() if then is not None else None
+        return failed + ([also] if also else [])
+
     if jobs <= 1:
-        return [n for n, d, args in tasks if train_sweep(n, d, experiment, args) != 0]
+        return [f for t in tasks for f in run(t)]
     from concurrent.futures import ThreadPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    import torch
+
+    torch.set_num_threads(threads)  # the follow-up work done in this process (baselines)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        codes = list(
-            pool.map(
-                lambda t: train_sweep(
-                    t[0], t[1], experiment, t[2], log=t[1].with_suffix(".log"), threads=threads
-                ),
-                tasks,
-            )
-        )
-    return [t[0] for t, rc in zip(tasks, codes, strict=True) if rc != 0]
+        return [f for failed in pool.map(run, tasks) for f in failed]
 
 
 def ff_max_run(ff_dir: Path, seed: int) -> Path | None:
@@ -250,11 +259,25 @@ def main(argv: list[str] | None = None) -> int:
         ("mrl", "MRL, MRL-E", "mrl", "", ["mrl.efficient=false,true"]),
         ("ff", "FF-max", "ff", "_max", ["method=ff", f"mrl.ff_dim={dims[-1]}"]),
     ]
+    budget = {"epochs": int(cfg.trainer.max_epochs), "batch_size": int(cfg.data.batch_size)}
+
+    def seed_baselines(seed: int) -> str | None:
+        ok = baselines(runs / "baselines" / f"seed{seed}", runs / "ff", dims, seed, budget)
+        return None if ok else f"baselines (seed {seed})"
+
+    def then_baselines(name: str, seed: int) -> Callable[[], str | None] | None:
+        """Seed's SVD / Rand. LP / FF+SVD right after its FF-max, in the same slot (they
+        overlap with the other slot's training instead of running after all of it)."""
+        if name != "FF-max" or "baselines" in a.skip:
+            return None
+        return lambda: seed_baselines(seed)
+
     tasks = [
         (
             f"{name} (seed {seed})",
             runs / folder / f"seed{seed}{suffix}",
             [*args, *(no_extra if name == "FF-k" else []), f"seed={seed}", *a.overrides],
+            then_baselines(name, seed),
         )
         for key, name, folder, suffix, args in stages
         if key not in a.skip and not (name == "FF-k" and len(dims) == 1)
@@ -262,11 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"{len(tasks)} training sweeps, {jobs} at a time")
     failures = run_sweeps(tasks, a.experiment, jobs)
-    if "baselines" not in a.skip:
-        budget = {"epochs": int(cfg.trainer.max_epochs), "batch_size": int(cfg.data.batch_size)}
-        for seed in seeds:
-            if not baselines(runs / "baselines" / f"seed{seed}", runs / "ff", dims, seed, budget):
-                failures.append(f"baselines (seed {seed})")
+    if "baselines" not in a.skip and "ff" in a.skip:  # FF-max trained earlier: baselines only
+        failures += [f for f in map(seed_baselines, seeds) if f]
     header = (
         f"Experiment `{a.experiment}` (conf/experiment/{a.experiment}.yaml): model "
         f"{cfg.model.name} layers={list(cfg.model.get('layers') or [])} "

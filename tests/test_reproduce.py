@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -307,3 +311,46 @@ def test_reproduce_paper_as_a_command_counts_failed_stages(tmp_path):
     assert "failed stages: adaptive" in text
     r = run_cli("scripts/reproduce_paper.py", "--only", "nope", "--out", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().startswith("error: --only='nope'")
+
+
+def test_follow_up_work_runs_in_its_sweeps_slot_and_is_counted(tmp_path, monkeypatch):
+    """reproduce.run_sweeps: a task's follow-up (the baselines after FF-max) runs right after
+    its own sweep, in the same slot while the other slot trains, even when the sweep failed;
+    every failure (sweep or follow-up) is returned by name."""
+    spec = importlib.util.spec_from_file_location(
+        "reproduce", Path(__file__).resolve().parents[1] / "scripts" / "reproduce.py"
+    )
+    rep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rep)
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def fake_sweep(name, sweep_dir, experiment, args, log=None, threads=None):
+        with lock:
+            events.append(f"start {name}")
+        time.sleep(0.3 if name == "long" else 0.05)
+        with lock:
+            events.append(f"end {name}")
+        assert log == sweep_dir.with_suffix(".log") and threads >= 1
+        return 1 if name == "broken" else 0
+
+    def follow(tag: str, ok: bool):
+        def then():
+            with lock:
+                events.append(f"then {tag}")
+            return None if ok else f"{tag} failed"
+
+        return then
+
+    monkeypatch.setattr(rep, "train_sweep", fake_sweep)
+    tasks = [
+        ("long", tmp_path / "a", [], None),
+        ("broken", tmp_path / "b", [], follow("b", ok=False)),
+        ("short", tmp_path / "c", [], follow("c", ok=True)),
+    ]
+    failures = rep.run_sweeps(tasks, "table1_fashion_mnist", jobs=2)
+    assert failures == ["broken", "b failed"]
+    # each follow-up straight after its own sweep, while "long" still trains in the other slot
+    assert events.index("then b") == events.index("end broken") + 1
+    assert events.index("then c") == events.index("end short") + 1
+    assert events[-1] == "end long"
