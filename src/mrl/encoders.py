@@ -461,6 +461,57 @@ class SentenceEncoder:
         }
 
 
+class TrainedTextEncoder(SentenceEncoder):
+    """A text model trained here (the :class:`~mrl.models.text.TextEncoder` of a checkpoint,
+    any objective) with :class:`SentenceEncoder`'s interface, for ``eval.py ckpt_path=``.
+
+    The encoder is wrapped in an in-memory ``SentenceTransformer`` (Transformer -> Pooling,
+    as ``mrl-export`` writes it) and encoded by :meth:`SentenceEncoder.encode`, so its
+    embeddings are those that ``encoder=sentence_transformers`` gives for the exported folder
+    (same code, same weights; no prompts).
+
+    Args:
+        encoder: the trained TextEncoder (its ``model``, ``tokenizer``, ``pooling``).
+        info: what :func:`mrl.export.text_encoder_of` returns next to it (``dims``,
+            ``method``, ``width``, ``pooling``, ``max_seq_length``, ``model``).
+        ckpt: the checkpoint file (named in :meth:`describe`, with its fingerprint).
+        batch_size: texts per forward pass; device: a torch device.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        info: Mapping[str, Any],
+        ckpt: str | os.PathLike,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        import tempfile
+
+        from mrl.export import sentence_transformer_of
+
+        self.ckpt = Path(ckpt).expanduser().resolve()
+        self.info = dict(info)
+        self.name, self.where = str(self.ckpt), str(self.ckpt)
+        self.prompt = self.document_prompt = None
+        self.batch_size = positive_int(batch_size, "batch_size")
+        with tempfile.TemporaryDirectory() as hf:  # read at once; encoding needs no files
+            self.model = sentence_transformer_of(encoder.cpu().eval(), info, hf, str(device))
+        self.width = int(info["width"])
+
+    def describe(self) -> dict[str, Any]:
+        """The checkpoint (path and fingerprint) and its model (the cache's ``meta.json``)."""
+        from mrl.eval.cache import file_fingerprint
+
+        keys = ("method", "dims", "model", "pooling", "max_seq_length", "width")
+        return {
+            "kind": "checkpoint",
+            "ckpt": str(self.ckpt),
+            "ckpt_fingerprint": file_fingerprint(self.ckpt),
+            **{k: self.info[k] for k in keys if k in self.info},
+        }
+
+
 def text_retrieval_arrays(
     encode: Callable[[Sequence[str], str], np.ndarray], dm: Any, split: str = "test"
 ) -> dict[str, np.ndarray]:

@@ -518,6 +518,28 @@ def _st_check(folder: Path, encoder: Any, dims: Sequence[int]) -> dict[str, Any]
     }
 
 
+def sentence_transformer_of(
+    encoder: Any, info: dict[str, Any], folder: str | Path, device: str = "cpu"
+) -> Any:
+    """An in-memory ``SentenceTransformer`` (Transformer -> Pooling, cosine, no Normalize) of a
+    :class:`~mrl.models.text.TextEncoder` and its :func:`text_encoder_of` info: what the
+    exported folder reloads as. The transformers files are written to ``folder`` (kept by the
+    caller as long as the model may be saved again)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    encoder.model.save_pretrained(folder)
+    encoder.tokenizer.save_pretrained(folder)
+    return SentenceTransformer(
+        modules=[
+            Transformer(str(folder), max_seq_length=int(info["max_seq_length"])),
+            Pooling(int(info["width"]), pooling_mode=str(info["pooling"])),
+        ],
+        device=str(device),
+        similarity_fn_name="cosine",
+    )
+
+
 def write_sentence_transformers(
     encoder: Any,
     info: dict[str, Any],
@@ -527,25 +549,13 @@ def write_sentence_transformers(
 ) -> Path:
     """Write ``encoder`` (a :class:`~mrl.models.text.TextEncoder`) as a sentence-transformers
     folder at ``dest`` (module doc): temporary sibling, reload check, then a rename."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-
     from mrl import __version__
 
     dest, tmp = _staging_folder(dest)
     try:
         encoder = encoder.cpu().eval()
         with tempfile.TemporaryDirectory(dir=tmp) as hf:
-            encoder.model.save_pretrained(hf)
-            encoder.tokenizer.save_pretrained(hf)
-            st = SentenceTransformer(
-                modules=[
-                    Transformer(hf, max_seq_length=info["max_seq_length"]),
-                    Pooling(info["width"], pooling_mode=info["pooling"]),
-                ],
-                device="cpu",
-                similarity_fn_name="cosine",
-            )
+            st = sentence_transformer_of(encoder, info, hf)
             st.save(str(tmp), create_model_card=False)
             del st
         check = _st_check(tmp, encoder, info["dims"])

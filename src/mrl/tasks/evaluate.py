@@ -3,7 +3,13 @@
 * ``ckpt_path=<ckpt>``: the model is rebuilt from the checkpoint (read with
   ``weights_only=True``), its training run's data config is read from ``<run>/.hydra``
   (unless ``data=...`` is given), every split is embedded once (cached in
-  ``<run dir>/embeddings/``) and the evaluators run on the cached arrays.
+  ``<run dir>/embeddings/``) and the evaluators run on the cached arrays. What the
+  checkpoint holds decides how (:func:`checkpoint_kind`): an image classification model as
+  above; a text model (``model=hf_text``, any objective) goes through the encoder door below
+  as :class:`mrl.encoders.TrainedTextEncoder` (the metrics of ``encoder=sentence_transformers``
+  on its ``mrl-export`` folder); an ``objective=image_text`` dual encoder gets its test
+  split's :meth:`~mrl.objectives.image_text.ImageTextLitModule.evaluate` (cross-modal R@k,
+  zero-shot, kNN per prefix; ``eval=`` and the cache do not apply). Anything else: one line.
 * ``embeddings=<folder or .npz>``: the arrays are read (memory-mapped) and the same
   evaluators run on them; evaluators that need trained heads are refused.
 * ``encoder=timm|sentence_transformers encoder.name=...`` with ``data=...``: a model not
@@ -56,14 +62,85 @@ from mrl.tasks.instantiate import (
     trained_by,
 )
 
+#: what ``eval.py ckpt_path=`` evaluates, by what a checkpoint holds (:func:`checkpoint_kind`)
+SUPPORTED = (
+    "image models of objective=classification (MRL, MRL-E, FF)",
+    "objective=image_text dual encoders",
+    "text models (model=hf_text) of any objective (contrastive, mlm, text classification)",
+)
+
+
+def read_training_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by ``train.py``, read with ``weights_only=True`` (a crafted or
+    corrupt file, or one without hyper-parameters, is refused with a one-line MRLError)."""
+    path = Path(ckpt_path).expanduser()
+    ckpt = read_checkpoint(path, label=f"checkpoint {path}")
+    if "state_dict" not in ckpt or not isinstance(ckpt.get("hyper_parameters"), dict):
+        raise MRLError(f"checkpoint {path} is not an MRL training checkpoint (no hyper-parameters)")
+    return ckpt
+
+
+def _objective_of(ckpt: Path, unknown: list[str]) -> str:
+    """The objective a checkpoint was trained with, as its run dir's config names it (else its
+    hyper-parameters that objective=classification does not have)."""
+    run = run_dir_of(ckpt)
+    if run is not None:
+        try:
+            target = OmegaConf.load(run.hydra_config).objective._target_
+        except Exception:  # noqa: BLE001 - an older or edited config: fall back to the keys
+            target = None
+        if target:
+            return f"objective._target_={target}"
+    return f"an objective with hyper-parameters {unknown[:3]} (not objective=classification's)"
+
+
+def checkpoint_kind(raw: dict[str, Any], ckpt: str | Path) -> str:
+    """What ``eval.py`` evaluates in a training checkpoint: ``text`` (a text model, any
+    objective), ``image_text`` (a dual encoder) or ``image`` (an :class:`MRLLitModule`);
+    anything else is a one-line MRLError naming the objective found and :data:`SUPPORTED`."""
+    import inspect
+
+    from mrl.export import is_text_hparams
+
+    hp = raw["hyper_parameters"]
+    if is_text_hparams(hp):
+        return "text"
+    if "text_model" in hp:
+        return "image_text"
+    params = inspect.signature(MRLLitModule.__init__).parameters
+    unknown = sorted(set(hp) - set(params))
+    if not unknown:
+        lacking = [
+            n for n, p in params.items() if n != "self" and p.default is p.empty and n not in hp
+        ]
+        if lacking:
+            raise MRLError(
+                f"checkpoint {ckpt} is not an MRL training checkpoint (its hyper-parameters "
+                f"lack {lacking[:3]})"
+            )
+        return "image"
+    raise MRLError(
+        f"checkpoint {ckpt} was trained with {_objective_of(Path(ckpt), unknown)}, which "
+        f"eval.py ckpt_path= cannot evaluate; it evaluates {'; '.join(SUPPORTED)}"
+    )
+
 
 def load_module(ckpt_path: str | Path) -> MRLLitModule:
     """Rebuild an :class:`MRLLitModule` from a checkpoint without executing pickled code
-    (a crafted or corrupt file is refused with a one-line :class:`MRLError`)."""
+    (a crafted or corrupt file, or another objective's checkpoint, is refused with a one-line
+    :class:`MRLError`)."""
     path = Path(ckpt_path).expanduser()
-    ckpt = read_checkpoint(path, label=f"checkpoint {path}")
-    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise MRLError(f"checkpoint {path} is not an MRL training checkpoint (no hyper-parameters)")
+    return _image_module(read_training_checkpoint(path), path)
+
+
+def _image_module(ckpt: dict[str, Any], path: Path) -> MRLLitModule:
+    """:func:`load_module` of an already read checkpoint."""
+    kind = checkpoint_kind(ckpt, path)
+    if kind != "image":
+        raise MRLError(
+            f"checkpoint {path} holds a {kind.replace('_', '-')} model, not an image "
+            "classification model; evaluate it with eval.py ckpt_path=<it>"
+        )
     module = MRLLitModule(**ckpt["hyper_parameters"])
     missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
@@ -203,7 +280,15 @@ def _eval(cfg: DictConfig, run: RunDir, evaluators, devices: int, record, claim)
                 data, evaluators, dims, run.path, title=str(cfg.embeddings), plots=plots
             )
         ckpt = Path(str(cfg.ckpt_path)).expanduser()
-        module = load_module(ckpt)
+        raw = read_training_checkpoint(ckpt)
+        kind = checkpoint_kind(raw, ckpt)
+        if kind != "image":
+            if devices > 1:
+                print(f"{kind} checkpoint: devices={devices} ignored (one process embeds)")
+            fn = _eval_text_ckpt if kind == "text" else _eval_image_text_ckpt
+            return fn(cfg, run, evaluators, record, commit, extra, only, plots, ckpt, raw)
+        module = _image_module(raw, ckpt)
+        del raw
         data_cfg = _data_config(cfg, ckpt)
         dm = instantiate(data_cfg)
         record.update(method=module.method, dims=module.dims, ckpt=str(ckpt))
@@ -286,14 +371,7 @@ def _default_for_encoder(cfg: DictConfig, evaluators: dict, text: bool) -> dict:
 
 def _eval_encoder(cfg, run, evaluators, record, commit, extra, only, plots) -> dict:
     """``eval.py encoder=...``: embed with an encoder not trained here, then evaluate."""
-    import time
-
-    from mrl.encoders import (
-        build_encoder,
-        encoder_embeddings,
-        encoder_settings,
-        is_text_data,
-    )
+    from mrl.encoders import build_encoder, encoder_settings
 
     missing = [k for k in cfg.encoder if OmegaConf.is_missing(cfg.encoder, k)]
     if missing:
@@ -316,12 +394,58 @@ def _eval_encoder(cfg, run, evaluators, record, commit, extra, only, plots) -> d
         print(f"encoder: devices={devices} ignored (one process embeds)")
     device = _device(str(cfg.get("device", "auto")))
     encoder = build_encoder(settings, dm, device)
+    name = cfg.get("run_name") or f"eval-{settings['kind']}-{Path(settings['name']).name}"
+    return _embed_and_evaluate(
+        cfg,
+        run,
+        evaluators,
+        record,
+        commit,
+        extra,
+        only,
+        plots,
+        encoder=encoder,
+        dm=dm,
+        device=device,
+        split=str(settings.get("split", "test")),
+        trained=[],
+        title=f"{settings['kind']} {settings['name']}",
+        wandb={"name": name},
+    )
+
+
+def _embed_and_evaluate(
+    cfg,
+    run,
+    evaluators,
+    record,
+    commit,
+    extra,
+    only,
+    plots,
+    *,
+    encoder,
+    dm,
+    device,
+    split: str,
+    trained: list[int],
+    title: str,
+    wandb: dict,
+    link: dict | None = None,
+) -> dict:
+    """The encoder door after its encoder is built (:func:`mrl.encoders.build_encoder`, or a
+    trained text model of a checkpoint): default evaluators, dims (``trained`` plus
+    ``extra_dims``, or ``dims``; none: :func:`auto_dims`), one embedding pass (cached),
+    :func:`evaluate_arrays`. ``link``: the training run of a checkpoint (W&B)."""
+    import time
+
+    from mrl.encoders import encoder_embeddings, is_text_data
+
     text = is_text_data(dm)
     evaluators = _default_for_encoder(cfg, evaluators, text)
-    dims = eval_dims([], extra, encoder.width, only) or auto_dims(encoder.width)
+    dims = eval_dims(trained, extra, encoder.width, only) or auto_dims(encoder.width)
     if not text:  # what the split sizes rule out, before the embedding pass
         check_sizes(evaluators, dm.split_sizes(), int(dm.num_classes), encoder.width)
-    split = str(settings.get("split", "test"))
     meta = {"encoder": encoder.describe(), "data": repr(dm)}
     meta |= {"split": split} if text else {"transform": _transform_of(dm)}
     record.update(encoder=encoder.describe(), evaluators=list(evaluators))
@@ -329,8 +453,11 @@ def _eval_encoder(cfg, run, evaluators, record, commit, extra, only, plots) -> d
     loggers: list = []
     try:
         logger_cfg = OmegaConf.to_container(cfg.get("logger") or {}, resolve=True)
-        name = cfg.get("run_name") or f"eval-{settings['kind']}-{Path(settings['name']).name}"
-        loggers = instantiate_all(logger_cfg, wandb={"name": name})
+        loggers = instantiate_all(logger_cfg, wandb=wandb)
+        if link is not None:
+            eval_cfg = OmegaConf.to_container(cfg, resolve=True)
+            t = link_to_training(loggers, link, eval_cfg)
+            record.update({"trained_by": t} if t else {})
         t0 = time.time()
         arrays, reused = encoder_embeddings(
             encoder, dm, run.embeddings, meta, device, bool(cfg.get("cache", True)), split
@@ -338,7 +465,6 @@ def _eval_encoder(cfg, run, evaluators, record, commit, extra, only, plots) -> d
         timing = {"embed": round(time.time() - t0, 2), "embeddings_reused": reused}
         num_classes = None if text else int(dm.num_classes)
         data = EvalData.from_arrays(arrays, num_classes)
-        title = f"{settings['kind']} {settings['name']}"
         metrics = evaluate_arrays(
             data,
             evaluators,
@@ -351,6 +477,136 @@ def _eval_encoder(cfg, run, evaluators, record, commit, extra, only, plots) -> d
         )
         report_skipped(dm, record)
         return metrics
+    finally:
+        close_wandb(loggers)
+
+
+def _eval_text_ckpt(cfg, run, evaluators, record, commit, extra, only, plots, ckpt, raw) -> dict:
+    """``eval.py ckpt_path=<text run's checkpoint>``: its trained TextEncoder (any objective)
+    through the encoder door, as ``encoder=sentence_transformers`` evaluates the same model
+    exported with ``mrl-export`` (:class:`mrl.encoders.TrainedTextEncoder`), on the run's
+    data (``data=`` overrides), at its trained dims plus ``extra_dims`` (or ``dims``)."""
+    from mrl.encoders import SETTINGS, TrainedTextEncoder, is_text_data
+    from mrl.export import text_encoder_of
+
+    dm = instantiate(_data_config(cfg, ckpt))
+    if not is_text_data(dm):
+        raise MRLError(
+            f"checkpoint {ckpt} holds a text model but data {getattr(dm, 'name', '')!r} is "
+            "images; evaluate it on text data (data=wordnet), or leave data= out for its own"
+        )
+    model, info = text_encoder_of(raw, ckpt)
+    del raw
+    device = _device(str(cfg.get("device", "auto")))
+    batch = SETTINGS["sentence_transformers"]["batch_size"]
+    encoder = TrainedTextEncoder(model, info, ckpt, batch_size=batch, device=device)
+    del model
+    record.update(method=info["method"], dims=info["dims"], ckpt=str(ckpt))
+    link = trained_by(ckpt)  # W&B: the training run this evaluates (same group)
+    wandb = {"name": cfg.get("run_name") or f"eval-{info['method']}", **eval_init_kwargs(link)}
+    return _embed_and_evaluate(
+        cfg,
+        run,
+        evaluators,
+        record,
+        commit,
+        extra,
+        only,
+        plots,
+        encoder=encoder,
+        dm=dm,
+        device=device,
+        split="test",
+        trained=list(info["dims"]),
+        title=f"{info['method']} ({info['model']}) {ckpt.name}",
+        wandb=wandb,
+        link=link,
+    )
+
+
+def _eval_image_text_ckpt(
+    cfg, run, evaluators, record, commit, extra, only, plots, ckpt, raw
+) -> dict:
+    """``eval.py ckpt_path=<image_text run's checkpoint>``: the dual encoder rebuilt, its test
+    split embedded, and :meth:`ImageTextLitModule.evaluate` (the training run's test metrics:
+    ``test/{i2t,t2i}_R@{k}@d{m}``, ``test/zeroshot_top1@d{m}``, ``test/knn_top{1,5}@d{m}``;
+    :mod:`mrl.eval.image_text`) at the trained dims plus ``extra_dims`` (or ``dims``)."""
+    import time
+
+    from mrl.data.base import follow_model_transforms
+    from mrl.eval.report import report
+    from mrl.objectives.image_text import ImageTextLitModule
+    from mrl.run.files import update_metrics_json, write_json_atomic
+
+    hp = raw["hyper_parameters"]
+    hp = {**hp, "model": {**hp["model"], "pretrained": False}}  # the weights are the ckpt's
+    try:
+        module = ImageTextLitModule(**hp)
+    except TypeError as e:
+        raise MRLError(f"checkpoint {ckpt} is not an objective=image_text checkpoint: {e}") from e
+    missing, unexpected = module.load_state_dict(raw["state_dict"], strict=False)
+    del raw
+    if missing or unexpected:
+        raise MRLError(
+            f"checkpoint {ckpt} does not match its config: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    dm = instantiate(_data_config(cfg, ckpt))
+    if not hasattr(dm, "eval_texts"):
+        raise MRLError(
+            f"checkpoint {ckpt} holds an image-text model but data {getattr(dm, 'name', '')!r} "
+            "has no captions; use data=fashion_mnist_captions or data=image_text, or leave "
+            "data= out for its own"
+        )
+    if int(dm.in_chans) != int(hp["in_chans"]):
+        raise MRLError(
+            f"checkpoint {ckpt} expects {hp['in_chans']}-channel images but the data has "
+            f"{dm.in_chans}; evaluate it on the data it was trained on"
+        )
+    if _evaluators_chosen():
+        print("image_text checkpoint: eval=[...] ignored (its own metrics: mrl.eval.image_text)")
+    width = int(module.eval_dims[-1])
+    module.eval_dims = eval_dims(module.eval_dims, extra, width, only)
+    device = _device(str(cfg.get("device", "auto")))
+    module = module.to(device).eval()
+    module._to_memory_format()  # channels_last as the training run's test pass
+    follow_model_transforms(dm, module)  # timm's transform for the image tower, as training
+    if hasattr(dm, "set_tokenizer"):
+        dm.set_tokenizer(module.net.text.tokenizer_fn())
+    dm.setup("test")
+    record.update(method=module.method, dims=module.dims, ckpt=str(ckpt), evaluators=["image_text"])
+    link = trained_by(ckpt)
+    wandb = {"name": cfg.get("run_name") or f"eval-{module.method}", **eval_init_kwargs(link)}
+    commit()
+    loggers: list = []
+    try:
+        logger_cfg = OmegaConf.to_container(cfg.get("logger") or {}, resolve=True)
+        loggers = instantiate_all(logger_cfg, wandb=wandb)
+        eval_cfg = OmegaConf.to_container(cfg, resolve=True)
+        t = link_to_training(loggers, link, eval_cfg)
+        record.update({"trained_by": t} if t else {})
+        t0 = time.time()
+        xs, groups, labels = [], [], []
+        with torch.no_grad():
+            for batch in dm.test_dataloader():
+                xs.append(module.net.embed_images(batch["image"].to(device)).float().cpu())
+                groups.append(batch["group"])
+                labels.append(batch["label"])
+        x, group = torch.cat(xs).numpy(), torch.cat(groups).numpy()
+        label = torch.cat(labels).numpy()
+        embed_s = time.time() - t0
+        with torch.no_grad():
+            metrics = module.evaluate("test", x, group, label, dm)
+        timing = {"embed": round(embed_s, 2), "image_text": round(time.time() - t0 - embed_s, 2)}
+        final = update_metrics_json(run.metrics, metrics)
+        write_json_atomic(run.eval_timing, timing)
+        names = [f"test/{n}" for n in ("i2t_R@1", "t2i_R@1", "zeroshot_top1", "knn_top1")]
+        title = f"{module.method} ({hp['model'].get('name')}) {ckpt.name}"
+        report(final, metrics, names, module.eval_dims, run.path, title, plots, loggers)
+        print(f"timing (s): {timing}")
+        print(f"run dir: {run.path}")
+        report_skipped(dm, record)
+        return final
     finally:
         close_wandb(loggers)
 
