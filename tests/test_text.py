@@ -80,6 +80,11 @@ def test_splits_are_disjoint_seeded_and_stable():
     bigger = WordNetDataModule(max_synsets=800, val_size=0.1, test_size=0.1, seed=0)
     for s in names:
         assert names[s] <= set(bigger.synset_names(s))
+    # train_subset caps the training synsets only (the first of the split's order)
+    small = WordNetDataModule(max_synsets=400, val_size=0.1, test_size=0.1, seed=0, train_subset=50)
+    assert small.synset_names("train") == dm.synset_names("train")[:50]
+    assert all(small.synset_names(s) == dm.synset_names(s) for s in ("val", "test"))
+    assert "train_subset=50" in repr(small)  # embedding caches tell the two apart
 
 
 def test_pairs_and_glosses_follow_the_synsets():
@@ -244,6 +249,29 @@ def test_n_dims_per_step_draws_a_seeded_subset_of_prefixes(minilm):
         assert len(per) == 2 and set(per) <= set(DIMS)
     finally:
         module.n_dims_per_step = None
+
+
+def test_ff_k_trains_prefix_k_only_and_evaluates_every_dim_up_to_k(minilm):
+    """method=ff mrl.ff_dim=k: one InfoNCE term at prefix k (weight 1), equal to MRL's term at
+    k on the same pretrained encoder; evaluated at the nesting dims <= k (truncated FF)."""
+    from mrl.objectives.contrastive import ContrastiveLitModule
+
+    mrl = minilm[0]
+    cfg = {"name": "minilm", "pooling": "mean", "max_seq_length": 64}
+    ff = ContrastiveLitModule(cfg, dims="auto", weights={12: 2.0}, ff_dim=48).eval()
+    assert (ff.dims, ff.eval_dims, ff.method) == ([48], [12, 24, 48], "FF-48")
+    assert ff.prefix_weights == {48: 1.0}
+    batch = {"query": SENTENCES[:2], "doc": SENTENCES[2:]}
+    with torch.no_grad():
+        per_ff, per_mrl = ff.prefix_losses(batch), mrl.prefix_losses(batch)
+    assert list(per_ff) == [48]
+    assert per_ff[48].item() == pytest.approx(per_mrl[48].item(), rel=1e-6)
+    assert ContrastiveLitModule(cfg, ff_dim="max").dims == [384]
+    with pytest.raises(MRLError, match=r"mrl.ff_dim=512 must be an integer in 1..384") as e:
+        ContrastiveLitModule(cfg, ff_dim=512)
+    assert "\n" not in str(e.value)
+    with pytest.raises(MRLError, match="mrl.efficient .MRL-E. applies to objective=classification"):
+        ContrastiveLitModule(cfg, efficient=True)
 
 
 def test_text_model_errors_are_one_line(tmp_path, minilm, monkeypatch):

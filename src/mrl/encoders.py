@@ -30,11 +30,18 @@ Encoders (``conf/encoder/<kind>.yaml``; ``kind`` is the group option):
   ``encode_query`` (``prompt``, e.g. nomic's ``"search_query: "``; without it the model's own
   ``query`` prompt if it has one), documents with ``encode_document`` (``document_prompt``).
 
-Text data (WordNet, :class:`mrl.data.wordnet.WordNetDataModule`) are evaluated as retrieval on
-one split (``split``, default ``test``) in the layout of
-:class:`mrl.eval.text_retrieval.TextRetrieval`: ``train_x`` = the split's documents (glosses),
-``train_y`` = their row ``0..n-1``; ``test_x`` = every query of those synsets, ``test_y`` = the
-row of its gloss. Database = the documents, so PCA and adaptor baselines are fitted on them.
+Text data (WordNet, :class:`mrl.data.wordnet.WordNetDataModule`) are embedded by their
+``task`` (:data:`TEXT_TASKS`; ``data.task``):
+
+* ``retrieval`` (the default): one split (``split``, default ``test``) in the layout of
+  :class:`mrl.eval.text_retrieval.TextRetrieval`: ``train_x`` = the split's documents
+  (glosses), ``train_y`` = their row ``0..n-1``; ``test_x`` = every query of those synsets,
+  ``test_y`` = the row of its gloss. Database = the documents, so PCA and adaptor baselines
+  are fitted on them.
+* ``classification``: every split's glosses (:func:`text_classification_arrays`), labelled by
+  lexicographer class, in the layout of image data (database = train, queries = test, val =
+  calibration, omitted when empty), so the image evaluators (kNN, linear probe, ...) run on
+  them. Glosses are encoded as queries (``prompt`` applies, e.g. ``"classification: "``).
 
 Every failure (an encoder that cannot be loaded, offline or not; an unknown name; weights of
 another architecture; image encoder on text data) is one :class:`MRLError` line naming the
@@ -83,6 +90,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
 #: key prefixes a state dict may carry around the timm model's own keys (best match wins)
 PREFIXES = ("", "net.backbone.model.", "backbone.model.", "model.", "module.", "_orig_mod.")
 TEXT_SPLITS = ("val", "test")
+#: the ``task`` of text data that ``eval.py`` evaluates (module doc)
+TEXT_TASKS = ("retrieval", "classification")
 
 
 def _first_line(e: BaseException) -> str:
@@ -535,10 +544,43 @@ def text_retrieval_arrays(
     return out
 
 
+def text_classification_arrays(
+    embed: Callable[[list[str]], np.ndarray], dm: Any
+) -> dict[str, np.ndarray]:
+    """Every split's glosses and lexicographer classes (``dm.glosses(split)``) as
+    ``{train,val,test}_{x,y}``: x = ``embed(texts)`` ``(n, width)`` float32, y = class ids
+    (int64); ``val_*`` omitted when the val split is empty. Database = train, queries = test."""
+    arrays: dict[str, np.ndarray] = {}
+    t = time.time()
+    for split in ("train", "val", "test"):
+        texts, labels = dm.glosses(split)
+        if not texts and split == "val":
+            continue
+        if not texts:
+            raise MRLError(f"the WordNet {split} split is empty; raise data.{split}_size")
+        arrays[f"{split}_x"] = np.ascontiguousarray(np.asarray(embed(texts), dtype=np.float32))
+        arrays[f"{split}_y"] = np.asarray(labels, dtype=np.int64)
+    n = sum(len(v) for k, v in arrays.items() if k.endswith("_y"))
+    log.info("embedded %d glosses in %.1fs", n, time.time() - t)
+    return arrays
+
+
 # ----------------------------------------------------------------------------- both
 def is_text_data(dm: Any) -> bool:
     """True for data modules of (query, document) text (:meth:`pairs`), as WordNet."""
     return hasattr(dm, "pairs") and hasattr(dm, "set_tokenizer")
+
+
+def text_task(dm: Any) -> str:
+    """The task text data are evaluated as (``dm.task``, default ``retrieval``): one of
+    :data:`TEXT_TASKS`, else a one-line MRLError naming it."""
+    task = getattr(dm, "task", "retrieval")
+    if task not in TEXT_TASKS:
+        raise MRLError(
+            f"data.task={task!r} cannot be evaluated by eval.py; use data.task="
+            f"{' or data.task='.join(TEXT_TASKS)}"
+        )
+    return str(task)
 
 
 def build_encoder(
@@ -608,8 +650,10 @@ def encoder_embeddings(
     split: str = "test",
 ) -> tuple[dict[str, np.ndarray], bool]:
     """Every split embedded once (or ``folder`` reused when its ``meta.json`` equals
-    ``meta``): ``({train,val,test}_{x,y}, reused)``; text data: :func:`text_retrieval_arrays`
-    of ``split``. The cache layout is :mod:`mrl.eval.cache`'s."""
+    ``meta``): ``({train,val,test}_{x,y}, reused)``; text data by :func:`text_task`:
+    :func:`text_retrieval_arrays` of ``split``, or :func:`text_classification_arrays` (glosses
+    encoded as queries). The cache layout is :mod:`mrl.eval.cache`'s; ``meta`` must tell the
+    tasks apart (``repr`` of the data names its task)."""
     from mrl.eval.cache import cached_embeddings, load_embeddings, save_embeddings
 
     folder = Path(folder)
@@ -618,7 +662,11 @@ def encoder_embeddings(
     if use_cache and _same_meta(folder, meta):
         print(f"embeddings: reusing {folder} (same encoder and data)")
         return load_embeddings(folder), True
+    task = text_task(dm)
     dm.setup("test")
-    arrays = text_retrieval_arrays(encoder.encode, dm, split)
+    if task == "classification":
+        arrays = text_classification_arrays(lambda texts: encoder.encode(texts, "query"), dm)
+    else:
+        arrays = text_retrieval_arrays(encoder.encode, dm, split)
     save_embeddings(folder, arrays, meta)
     return arrays, False

@@ -428,7 +428,9 @@ class WordNetDataModule(pl.LightningDataModule):
             per evaluation batch (default: ``batch_size``).
         val_size, test_size: fractions of the synsets in val and test.
         seed: the split's seed; max_synsets: keep only N synsets (fast runs, tests);
-        val_subset, test_subset: at most this many synsets in val / test (evaluation cost).
+        val_subset, test_subset: at most this many synsets in val / test (evaluation cost);
+        train_subset: at most this many training synsets (e.g. a smaller kNN database for
+            ``eval.py``; the first of the split's seeded order: val and test are unchanged).
         queries: query kinds, any of ``lemma`` and ``example`` (retrieval).
         task: ``retrieval`` (query -> gloss pairs), ``classification`` (gloss -> class) or
             ``mlm`` (glosses and examples, masked by the model's masking tokenizer).
@@ -455,6 +457,7 @@ class WordNetDataModule(pl.LightningDataModule):
         queries: Sequence[str] = QUERY_KINDS,
         pin_memory: bool = False,
         task: str = "retrieval",
+        train_subset: int | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser() if root is not None else SYSTEM_ROOT
@@ -474,6 +477,7 @@ class WordNetDataModule(pl.LightningDataModule):
         self.max_synsets = check_int("max_synsets", max_synsets, 1, allow_none=True)
         self.val_subset = check_int("val_subset", val_subset, 1, allow_none=True)
         self.test_subset = check_int("test_subset", test_subset, 1, allow_none=True)
+        self.train_subset = check_int("train_subset", train_subset, 1, allow_none=True)
         kinds = [queries] if isinstance(queries, str) else list(queries or [])
         bad = [k for k in kinds if k not in QUERY_KINDS]
         if not kinds or bad:
@@ -500,7 +504,8 @@ class WordNetDataModule(pl.LightningDataModule):
         splits = split_synsets(
             len(records), self.seed, self.val_size, self.test_size, self.max_synsets
         )
-        for split, cap in (("val", self.val_subset), ("test", self.test_subset)):
+        caps = (("train", self.train_subset), ("val", self.val_subset), ("test", self.test_subset))
+        for split, cap in caps:
             if cap is not None:
                 splits[split] = splits[split][:cap]
         # retrieval: synsets without any query of the chosen kinds cannot be queried
@@ -612,5 +617,6 @@ class WordNetDataModule(pl.LightningDataModule):
             f"WordNetDataModule(root={str(self.root)!r}, seed={self.seed}, "
             f"val_size={self.val_size}, test_size={self.test_size}, "
             f"max_synsets={self.max_synsets}, val_subset={self.val_subset}, "
-            f"test_subset={self.test_subset}, queries={list(self.queries)}, task={self.task!r})"
+            f"test_subset={self.test_subset}, train_subset={self.train_subset}, "
+            f"queries={list(self.queries)}, task={self.task!r})"
         )

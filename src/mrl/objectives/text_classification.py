@@ -117,14 +117,11 @@ def gloss_eval_data(encoder: Any, dm: Any, batch_size: int = 256, heads: Any = N
     """:class:`~mrl.eval.registry.EvalData` of a WordNet data module's glosses: train split =
     database, test = queries, val = calibration; labels = lexicographer classes.
     ``encoder``: a text encoder (``module.net`` of a contrastive run, ``module.net.backbone``
-    of a classifier) or anything mapping a list of strings to ``(B, width)``."""
+    of a classifier) or anything mapping a list of strings to ``(B, width)``. The arrays are
+    :func:`mrl.encoders.text_classification_arrays`' (as ``eval.py`` on
+    ``data.task=classification`` embeds them)."""
+    from mrl.encoders import text_classification_arrays
     from mrl.eval.registry import EvalData
 
-    arrays: dict[str, np.ndarray] = {}
-    for split in ("train", "val", "test"):
-        texts, labels = dm.glosses(split)
-        if split == "val" and not texts:
-            continue
-        arrays[f"{split}_x"] = embed_texts(encoder, texts, batch_size)
-        arrays[f"{split}_y"] = labels
+    arrays = text_classification_arrays(lambda t: embed_texts(encoder, t, batch_size), dm)
     return EvalData.from_arrays(arrays, int(dm.num_classes), heads=heads)

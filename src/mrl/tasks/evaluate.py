@@ -15,7 +15,10 @@
 * ``encoder=timm|sentence_transformers encoder.name=...`` with ``data=...``: a model not
   trained here (:mod:`mrl.encoders`) embeds every split once (cached in
   ``<run dir>/embeddings/`` like a checkpoint's); the default list then skips the evaluators
-  that need trained heads, and on text data (WordNet) it is ``[text_retrieval]``.
+  that need trained heads, and on text data (WordNet) it is ``[text_retrieval]``; on text
+  data of ``data.task=classification`` (glosses -> lexicographer classes) every split's glosses
+  are embedded and the default list is the images' (kNN, linear probe, ...), few-shot dropped
+  when the classes are too small for its episodes (:func:`_class_problems`).
 
 All three produce one :class:`~mrl.eval.registry.EvalData`; everything after it is shared
 (:func:`mrl.eval.pipeline.evaluate_arrays`). Conventions of each metric: :mod:`mrl.eval`.
@@ -351,12 +354,13 @@ def _eval(cfg: DictConfig, run: RunDir, evaluators, devices: int, record, claim)
         close_wandb(loggers)
 
 
-def _default_for_encoder(cfg: DictConfig, evaluators: dict, text: bool) -> dict:
-    """The default evaluator list for an encoder: without the ones needing trained heads; on
-    text data ``text_retrieval`` (with ``eval``'s precisions, baselines and adaptor options)."""
+def _default_for_encoder(cfg: DictConfig, evaluators: dict, retrieval: bool) -> dict:
+    """The default evaluator list for an encoder: without the ones needing trained heads (images
+    and text classification); on text retrieval data ``text_retrieval`` (with ``eval``'s
+    precisions, baselines and adaptor options)."""
     if _evaluators_chosen():
         return evaluators
-    if text:
+    if retrieval:
         reserved = {
             k: v
             for k, v in OmegaConf.to_container(cfg.get("eval") or {}, resolve=False).items()
@@ -367,6 +371,39 @@ def _default_for_encoder(cfg: DictConfig, evaluators: dict, text: bool) -> dict:
     skipped = [n for n, e in evaluators.items() if e.needs_heads or getattr(e, "needs_model", 0)]
     print(f"encoder: skipping {skipped} (they need a model's trained heads)")
     return {n: e for n, e in evaluators.items() if n not in skipped}
+
+
+def _class_problems(evaluators: dict, dm) -> dict[str, str]:
+    """What the class labels of text classification data (``dm.glosses``) rule out, before
+    the embedding pass: ``{name: one line}`` for few-shot evaluators whose episodes the
+    classes cannot fill (WordNet's lexicographer classes are long-tailed), found by their own
+    checks (:func:`mrl.eval.fewshot.fewshot_metrics`, one episode on constant 1-d vectors)."""
+    import numpy as np
+
+    from mrl.eval.fewshot import FewShot, fewshot_metrics
+
+    found: dict[str, str] = {}
+    few = {n: e for n, e in evaluators.items() if isinstance(e, FewShot)}
+    if not few:
+        return found
+    ys = {s: dm.glosses(s)[1] for s in ("train", "test")}
+    xs = {s: np.ones((len(y), 1), np.float32) for s, y in ys.items()}
+    for name, ev in few.items():
+        settings = {**ev.settings, "episodes": 1}
+        try:
+            for classes in (None, ev.heldout_classes) if ev.heldout_classes else (None,):
+                fewshot_metrics(
+                    xs["train"],
+                    ys["train"],
+                    xs["test"],
+                    ys["test"],
+                    [1],
+                    **settings,
+                    classes=classes,
+                )
+        except MRLError as e:
+            found[name] = str(e)
+    return found
 
 
 def _eval_encoder(cfg, run, evaluators, record, commit, extra, only, plots) -> dict:
@@ -439,15 +476,27 @@ def _embed_and_evaluate(
     :func:`evaluate_arrays`. ``link``: the training run of a checkpoint (W&B)."""
     import time
 
-    from mrl.encoders import encoder_embeddings, is_text_data
+    from mrl.encoders import encoder_embeddings, is_text_data, text_task
 
     text = is_text_data(dm)
-    evaluators = _default_for_encoder(cfg, evaluators, text)
+    task = text_task(dm) if text else None  # retrieval | classification, else one line
+    retrieval = task == "retrieval"
+    chosen = _evaluators_chosen()
+    evaluators = _default_for_encoder(cfg, evaluators, retrieval)
     dims = eval_dims(trained, extra, encoder.width, only) or auto_dims(encoder.width)
-    if not text:  # what the split sizes rule out, before the embedding pass
+    if not retrieval:  # what the split sizes rule out, before the embedding pass
         check_sizes(evaluators, dm.split_sizes(), int(dm.num_classes), encoder.width)
+    if task == "classification":  # and what the classes rule out
+        for name, problem in _class_problems(evaluators, dm).items():
+            if chosen:
+                raise MRLError(f"eval.{name} {problem}")
+            print(f"encoder: skipping {name} on these classes ({problem})")
+            evaluators = {n: e for n, e in evaluators.items() if n != name}
     meta = {"encoder": encoder.describe(), "data": repr(dm)}
-    meta |= {"split": split} if text else {"transform": _transform_of(dm)}
+    if text:  # the task too (repr(dm) names it as well): one task's cache never serves another
+        meta |= {"split": split} if retrieval else {"task": task}
+    else:
+        meta |= {"transform": _transform_of(dm)}
     record.update(encoder=encoder.describe(), evaluators=list(evaluators))
     commit()
     loggers: list = []
@@ -463,7 +512,7 @@ def _embed_and_evaluate(
             encoder, dm, run.embeddings, meta, device, bool(cfg.get("cache", True)), split
         )
         timing = {"embed": round(time.time() - t0, 2), "embeddings_reused": reused}
-        num_classes = None if text else int(dm.num_classes)
+        num_classes = None if retrieval else int(dm.num_classes)
         data = EvalData.from_arrays(arrays, num_classes)
         metrics = evaluate_arrays(
             data,
@@ -485,11 +534,22 @@ def _eval_text_ckpt(cfg, run, evaluators, record, commit, extra, only, plots, ck
     """``eval.py ckpt_path=<text run's checkpoint>``: its trained TextEncoder (any objective)
     through the encoder door, as ``encoder=sentence_transformers`` evaluates the same model
     exported with ``mrl-export`` (:class:`mrl.encoders.TrainedTextEncoder`), on the run's
-    data (``data=`` overrides), at its trained dims plus ``extra_dims`` (or ``dims``)."""
+    data (``data=`` overrides), at its trained dims plus ``extra_dims`` (or ``dims``). The
+    data's ``task`` decides the evaluation (retrieval, or classification of the glosses:
+    ``data_overrides.task=classification`` on the run's own data); an MLM run's own data
+    (``task=mlm``) is evaluated as retrieval."""
     from mrl.encoders import SETTINGS, TrainedTextEncoder, is_text_data
     from mrl.export import text_encoder_of
 
-    dm = instantiate(_data_config(cfg, ckpt))
+    data_cfg = _data_config(cfg, ckpt)
+    overrides = cfg.get("data_overrides") or {}
+    if data_cfg.get("task") == "mlm" and not cfg.get("data") and overrides.get("task") is None:
+        data_cfg["task"] = "retrieval"  # an MLM run's own data: its encoder's retrieval
+        print(
+            "checkpoint's data has task=mlm: evaluated as task=retrieval "
+            "(data_overrides.task=classification for its gloss classes)"
+        )
+    dm = instantiate(data_cfg)
     if not is_text_data(dm):
         raise MRLError(
             f"checkpoint {ckpt} holds a text model but data {getattr(dm, 'name', '')!r} is "
