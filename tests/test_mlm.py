@@ -146,6 +146,30 @@ def test_a_few_steps_on_real_glosses_reduce_the_loss(dm):
     assert after[384] < before[384] - 2.0 and after[384] < after[12]
 
 
+def test_ff_trains_one_prefix_and_reads_every_smaller_one(dm, module):
+    """mrl.ff_dim=k: the loss has the prefix-k term only; evaluation reads every nesting dim up
+    to k from the same tied output (equal to the MRL module's logits with the same head)."""
+    from mrl.objectives.mlm import MLMLitModule
+
+    ff = MLMLitModule({"name": "minilm", "max_seq_length": 32}, dims="auto", ff_dim="max")
+    assert (ff.dims, ff.eval_dims, ff.method) == ([384], DIMS, "FF-384")
+    ff.head.load_state_dict(module.head.state_dict())
+    ff.eval(), module.eval()
+    batch = module.masking_tokenizer()(dm.texts("test")[:8], seed=0)
+    with torch.no_grad():
+        assert list(ff.prefix_losses(batch)) == [384]
+        ours, _ = ff.masked_logits(batch, ff.eval_dims)
+        ref, _ = module.masked_logits(batch)
+        ff.on_test_epoch_start()
+        ff._eval_step(batch)
+    assert list(ours) == DIMS
+    for m in DIMS:
+        assert torch.allclose(ours[m], ref[m], atol=1e-5), m
+    assert list(ff._eval) == DIMS and all(v[2] > 0 for v in ff._eval.values())
+    with pytest.raises(MRLError, match="mrl.ff_dim=0 must be an integer in 1..384"):
+        MLMLitModule({"name": "minilm"}, ff_dim=0)
+
+
 def test_mlm_bad_input_is_one_line(cfg_factory, module):
     from mrl.objectives.mlm import MLMLitModule
     from mrl.tasks.train import build_datamodule, build_module

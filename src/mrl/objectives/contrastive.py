@@ -7,7 +7,9 @@ query and document embeddings are computed once per batch (one encoder pass each
 sliced per prefix. ``symmetric``: each term is the mean of the query->document and
 document->query cross-entropies (CLIP-style). ``n_dims_per_step``: each step uses a random
 subset of that many prefixes (as sentence-transformers' ``MatryoshkaLoss``; their weights are
-not rescaled), drawn from torch's global generator.
+not rescaled), drawn from torch's global generator. FF-k (``method=ff mrl.ff_dim=k``, k =
+``max`` for the largest dim): only prefix ``k`` is trained (one InfoNCE term, weight 1); it is
+still *evaluated* at every nesting dim up to k (plain truncation of FF), as the ALIGN row does.
 
 The InfoNCE of one prefix is sentence-transformers' ``MultipleNegativesRankingLoss``
 (``compute_loss_from_embeddings``: cross-entropy over similarities times ``scale = 1 / tau``),
@@ -117,7 +119,8 @@ class ContrastiveLitModule(NestedObjective):
         ks: retrieval cut-offs of the evaluation (MRR and nDCG at the largest).
         optim: the optimiser and schedule (:mod:`mrl.objectives.optim`).
         num_classes: the data's class count (kept for the record; not trained here).
-        efficient, ff_dim: classification-only options; anything but false / null is refused.
+        ff_dim: FF-k (``max``: the largest dim): train prefix k only, evaluate every dim <= k.
+        efficient: MRL-E needs classifier heads; anything but false is refused.
     """
 
     method = "MRL"
@@ -143,16 +146,25 @@ class ContrastiveLitModule(NestedObjective):
                 f"objective=contrastive trains on text pairs, but the data gives "
                 f"{sorted(data_info)} (image data); use data=wordnet"
             )
-        if efficient or ff_dim is not None:
+        if efficient:
             raise MRLError(
-                "objective=contrastive has no classifier heads: mrl.efficient and mrl.ff_dim "
-                "apply to objective=classification only (method=mrl)"
+                "objective=contrastive has no classifier heads: mrl.efficient (MRL-E) applies "
+                "to objective=classification only; use method=mrl or method=ff"
             )
         self.save_hyperparameters()
         self.net = build_text_encoder(model)
-        self.dims = parse_dims(dims, self.net.width)
-        self.net.expand_to(self.dims[-1])
-        self.prefix_weights = dict(zip(self.dims, parse_weights(weights, self.dims), strict=True))
+        nested = parse_dims(dims, self.net.width)
+        self.net.expand_to(nested[-1])
+        if ff_dim is not None:
+            ff_dim = nested[-1] if ff_dim in ("max", "auto") else ff_dim
+            ff_dim = integer(ff_dim, "mrl.ff_dim", min=1, max=self.net.width, hint="or 'max'")
+            self.dims = [ff_dim]
+            self.eval_dims = [m for m in nested if m < ff_dim] + [ff_dim]
+            self.method = f"FF-{ff_dim}"
+        else:
+            self.dims = self.eval_dims = nested
+        w = parse_weights(weights, self.dims) if ff_dim is None else [1.0]
+        self.prefix_weights = dict(zip(self.dims, w, strict=True))
         if n_dims_per_step is not None:
             n_dims_per_step = integer(n_dims_per_step, "objective.n_dims_per_step", min=1)
         self.n_dims_per_step = n_dims_per_step
@@ -219,11 +231,11 @@ class ContrastiveLitModule(NestedObjective):
         ids = torch.cat(self._eval["doc_id"]).numpy()
         is_q = torch.cat(self._eval["is_query"]).numpy()
         self._eval = {}
-        metrics = retrieval_from_items(x, ids, is_q, self.dims, self.ks, f"{stage}/")
+        metrics = retrieval_from_items(x, ids, is_q, self.eval_dims, self.ks, f"{stage}/")
         for k, v in metrics.items():
             self.log(k, v, on_step=False, on_epoch=True)
         key = f"{stage}/nDCG@{self.ks[-1]}"
-        self.log(key, metrics[f"{key}@d{self.dims[-1]}"], prog_bar=True)
+        self.log(key, metrics[f"{key}@d{self.eval_dims[-1]}"], prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_end("val")

@@ -21,6 +21,10 @@ non-special tokens; of those 80 % -> ``[MASK]``, 10 % -> a random token, 10 % ke
 applied by :class:`MaskingTokenizer`, which the module hands to the data
 (``set_tokenizer``) when the run starts.
 
+FF (``method=ff``, ``mrl.ff_dim=k``; ``max``: the largest dim): only prefix ``k`` is trained
+(one term, weight 1), and the model is still *evaluated* at every nesting dim up to ``k``
+(its tied output read by prefix without having been trained for it).
+
 Logged: ``train/loss``, ``train/loss@d{m}``; per evaluation split ``{stage}/mlm_acc@d{m}``
 (top-1 accuracy of the original token at the masked positions, a fraction) and
 ``{stage}/mlm_loss@d{m}`` (mean CE per masked token), ``{stage}/mlm_acc`` (largest prefix;
@@ -37,7 +41,7 @@ from torch import nn
 
 from mrl.core.dims import parse_dims, parse_weights
 from mrl.core.errors import MRLError
-from mrl.core.validate import is_number
+from mrl.core.validate import integer, is_number
 from mrl.objectives.contrastive import build_text_encoder
 from mrl.objectives.nested import NestedObjective
 from mrl.objectives.optim import make_optimizer, optim_settings, with_schedule
@@ -136,6 +140,8 @@ class MLMLitModule(NestedObjective):
             this (the encoder is pretrained, the head starts from scratch).
         optim: the optimiser and schedule (:mod:`mrl.objectives.optim`).
         num_classes: the data's class count (kept for the record; not trained here).
+        ff_dim: FF-k (``max``: the largest dim): train prefix k only, evaluate every dim <= k.
+        efficient: accepted for ``method=`` (the tied output is MRL-E already); ignored.
     """
 
     method = "MRL-E"
@@ -150,6 +156,8 @@ class MLMLitModule(NestedObjective):
         head_lr_scale: float = 1.0,
         optim: dict[str, Any] | None = None,
         num_classes: int | None = None,
+        ff_dim: Any = None,
+        efficient: bool = False,
         **data_info: Any,
     ) -> None:
         super().__init__()
@@ -166,9 +174,18 @@ class MLMLitModule(NestedObjective):
         self.head_lr_scale = float(head_lr_scale)
         self.save_hyperparameters()
         self.net = build_text_encoder(model)
-        self.dims = parse_dims(dims, self.net.width)
-        self.net.expand_to(self.dims[-1])
-        self.prefix_weights = dict(zip(self.dims, parse_weights(weights, self.dims), strict=True))
+        nested = parse_dims(dims, self.net.width)
+        self.net.expand_to(nested[-1])
+        if ff_dim is not None:
+            ff_dim = nested[-1] if ff_dim in ("max", "auto") else ff_dim
+            ff_dim = integer(ff_dim, "mrl.ff_dim", min=1, max=self.net.width, hint="or 'max'")
+            self.dims = [ff_dim]
+            self.eval_dims = [m for m in nested if m < ff_dim] + [ff_dim]
+            self.method = f"FF-{ff_dim}"
+        else:
+            self.dims = self.eval_dims = nested
+        w = parse_weights(weights, self.dims) if ff_dim is None else [1.0]
+        self.prefix_weights = dict(zip(self.dims, w, strict=True))
         embeddings = self.net.model.get_input_embeddings()
         if not isinstance(embeddings, nn.Embedding):
             raise MRLError(f"objective=mlm needs word embeddings; model {self.net.name!r} has none")
@@ -217,8 +234,11 @@ class MLMLitModule(NestedObjective):
     def embed(self, texts: list[str] | dict[str, torch.Tensor]) -> torch.Tensor:
         return self.net(texts)
 
-    def masked_logits(self, batch: dict[str, torch.Tensor]) -> tuple[dict, torch.Tensor]:
-        """``({m: (N, V) logits at the N masked positions}, (N,) original tokens)``."""
+    def masked_logits(
+        self, batch: dict[str, torch.Tensor], dims: list[int] | None = None
+    ) -> tuple[dict, torch.Tensor]:
+        """``({m: (N, V) logits at the N masked positions}, (N,) original tokens)`` for the
+        prefixes ``dims`` (default: the trained ones)."""
         if "input_ids" not in batch or "labels" not in batch:
             raise MRLError(
                 "objective=mlm got an unmasked batch; the data must use the module's masking "
@@ -230,7 +250,7 @@ class MLMLitModule(NestedObjective):
         ).last_hidden_state
         labels = batch["labels"].to(dev)
         at = labels != IGNORE
-        return self.head(hidden[at], self.dims), labels[at]
+        return self.head(hidden[at], self.dims if dims is None else dims), labels[at]
 
     def prefix_losses(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         logits, target = self.masked_logits(batch)
@@ -240,7 +260,7 @@ class MLMLitModule(NestedObjective):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_start(self) -> None:
-        self._eval = {m: [0.0, 0.0, 0.0] for m in self.dims}  # correct, loss sum, count
+        self._eval = {m: [0.0, 0.0, 0.0] for m in self.eval_dims}  # correct, loss sum, count
 
     def on_validation_epoch_start(self) -> None:
         self._eval_start()
@@ -249,7 +269,7 @@ class MLMLitModule(NestedObjective):
         self._eval_start()
 
     def _eval_step(self, batch: dict[str, torch.Tensor]) -> None:
-        logits, target = self.masked_logits(batch)
+        logits, target = self.masked_logits(batch, self.eval_dims)
         for m, v in logits.items():
             acc = self._eval[m]
             acc[0] += float((v.argmax(-1) == target).sum())
@@ -263,12 +283,12 @@ class MLMLitModule(NestedObjective):
         self._eval_step(batch)
 
     def _eval_end(self, stage: str) -> None:
-        if not self._eval or not self._eval[self.dims[0]][2]:
+        if not self._eval or not self._eval[self.eval_dims[0]][2]:
             return
         for m, (correct, loss, n) in self._eval.items():
             self.log(f"{stage}/mlm_acc@d{m}", correct / n, on_epoch=True, sync_dist=True)
             self.log(f"{stage}/mlm_loss@d{m}", loss / n, on_epoch=True, sync_dist=True)
-        top = self._eval[self.dims[-1]]
+        top = self._eval[self.eval_dims[-1]]
         self.log(f"{stage}/mlm_acc", top[0] / top[2], prog_bar=True, sync_dist=True)
         self._eval = {}
 
