@@ -83,7 +83,7 @@ reproduce-novel: setup ## trained on classes 0-4, 5-way few-shot on 5-9, MRL vs 
 reproduce-longtail: setup ## long-tailed training set (ratio 100), head/medium/tail top-1 -> results/longtail_*
 	$(PY) scripts/reproduce_paper.py --only longtail --seeds $(SEEDS) $(PAPER_ARGS)
 
-reproduce-text: setup ## MiniLM on WordNet: plain truncation vs MRL fine-tune, dims 12..384 -> results/text_wordnet.*
+reproduce-text: setup ## MiniLM on WordNet (retrieval, classification, MLM): MRL vs FF vs truncation vs PCA, dims 12..384 -> results/text_wordnet.*
 	$(PY) scripts/reproduce_text.py $(ARGS)
 
 reproduce-adaptor: setup ## MiniLM (WordNet) + FF-512 vs MRL (Fashion-MNIST): truncation, PCA, adaptor, MRL at every prefix x precision -> results/adaptor_*

@@ -17,7 +17,7 @@ budget: ``truncate`` (the first m dims as released), ``pca`` (fitted on the data
   ``experiment=text_wordnet`` (2,000 held-out synsets, 32 tokens per text): every lemma /
   example query against all 2,000 glosses, ``text_retrieval/nDCG@10`` (and R@10). ``mrl``:
   the ``text_wordnet`` fine-tune of ``make reproduce-text`` when its run dir
-  ``<out>/runs/text_wordnet/mrl_finetune`` holds a checkpoint (``--train-text`` trains it
+  ``<out>/runs/text_wordnet/retrieval_mrl_s0`` holds a checkpoint (``--train-text`` trains it
   first), its encoder saved as a transformers folder and evaluated the same way.
 * ``fashion_mnist``: FF-512 (``train.py method=ff``: the default ResNet-18, one classifier on
   all 512 dims) and MRL (``train.py method=mrl``, same budget): ``--subset`` training images,
@@ -161,10 +161,19 @@ def minilm_wordnet(out: Path, runs: Path, train_text: bool) -> tuple[list[dict],
     )
     rows = rows_of(base, "minilm_wordnet", {b: b for b in BASELINES})
     info["adaptor_fit_seconds"] = fit_seconds(base)
-    finetune = out / "runs" / "text_wordnet" / "mrl_finetune"  # scripts/reproduce_text.py's
+    finetune = out / "runs" / "text_wordnet" / "retrieval_mrl_s0"  # scripts/reproduce_text.py's
     if train_text and not completed(finetune):
         info["mrl_train_seconds"] = call(
-            "train.py", ["experiment=text_wordnet", "ckpt_path=auto"], finetune
+            "train.py",
+            # reproduce_text.py's retrieval MRL (the same overrides: either script reuses it)
+            [
+                "experiment=text_wordnet",
+                "trainer.limit_train_batches=100",
+                "data.val_subset=200",
+                "ckpt_path=auto",
+                "seed=0",
+            ],
+            finetune,
         )
     ckpt = finetune / "checkpoints" / "last.ckpt"
     if ckpt.is_file():

