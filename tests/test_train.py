@@ -43,6 +43,28 @@ def test_fast_dev_run_every_model_and_method(cfg_factory, model, method):
     assert set(metrics) >= {f"test/top1@d{m}" for m in run["dims"]}
 
 
+@pytest.mark.parametrize(
+    "preset, blocks, widths",
+    [("", 1, [24, 48, 96, 256]), ("_full", 2, [32, 64, 128, 256])],
+)
+def test_reproduce_table1_presets_train(cfg_factory, preset, blocks, widths):
+    """``make reproduce-table1 [PRESET=full]``'s experiments compose and train a step with the
+    network they describe (blocks per stage, stage widths, augmentation of the long preset)."""
+    from mrl.tasks.train import build_datamodule, build_module
+
+    cfg = cfg_factory(f"experiment=table1_fashion_mnist{preset}", *FAST)
+    assert cfg.data.augment is (preset == "_full")
+    module = build_module(cfg, build_datamodule(cfg))
+    net = module.net.backbone.model
+    stages = [getattr(net, f"layer{i}") for i in range(1, 5)]
+    assert [len(s) for s in stages] == [blocks] * 4
+    assert [s[-1].conv2.out_channels for s in stages] == widths
+    metrics = train(cfg)
+    run = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())
+    assert run["global_step"] == 1 and run["dims"] == [8, 16, 32, 64, 128, 256]
+    assert set(metrics) >= {f"test/top1@d{m}" for m in run["dims"]}
+
+
 def test_ff_k_reads_only_first_k(cfg_factory):
     cfg = cfg_factory("method=ff", "mrl.ff_dim=32", *FAST)
     train(cfg)
