@@ -248,3 +248,18 @@ def test_adaptive_evaluator_config_stages_and_cache_beside_embeddings(retrieval_
     assert out["adaptive_ret/mAP@10"] >= out["adaptive_ret/exact_mAP@10"] - 0.05
     assert len(list((folder / "indexes").glob("funnel-*/hnsw-*.faiss"))) == 1
     assert AdaptiveRetrieval(index_cache=None, repeats=1).cache_folder(data) is None
+
+
+def test_rerank_scores_check_finite():
+    """The NaN/inf scan of the database is on by default; ``check_finite=False`` skips only
+    that scan (a store validated once), never the id and shape checks."""
+    db = np.eye(4, dtype=np.float32)
+    db[2, 1] = np.nan
+    q = np.ones((1, 4), dtype=np.float32)
+    with pytest.raises(MRLError, match=r"database holds NaN or infinite values \(first at row 2\)"):
+        rerank_scores(db, q, np.array([[0, 3]]))
+    np.testing.assert_array_equal(
+        rerank_scores(db, q, np.array([[0, 3]]), check_finite=False), [[1, 1]]
+    )
+    with pytest.raises(MRLError, match="candidate id 4 is outside"):
+        rerank_scores(db, q, np.array([[0, 4]]), check_finite=False)

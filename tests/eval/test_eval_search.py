@@ -89,6 +89,24 @@ def test_exact_search_errors():
         prefix_neighbors(db, np.ones((2, 3)), dims=[2], k=1)
 
 
+@pytest.mark.parametrize("width", [8, 256])  # the blocked engine and faiss.knn
+def test_exact_search_check_finite(width):
+    """NaN/inf in the database is an error by default; check_finite=False (a database
+    validated once) skips only that scan and searches the same way."""
+    rng = np.random.default_rng(3)
+    db = rng.standard_normal((300, width)).astype(np.float32)
+    q = rng.standard_normal((5, width)).astype(np.float32)
+    for a, b in zip(
+        exact_search(db, q, 7), exact_search(db, q, 7, check_finite=False), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    db[11, 0] = np.nan
+    with pytest.raises(MRLError, match=r"database holds NaN .* \(first at row 11\)"):
+        exact_search(db, q, 7)
+    with pytest.raises(MRLError, match="width 3 but the database has width"):
+        exact_search(db, q[:, :3], 7, check_finite=False)
+
+
 def test_use_gpu_without_gpu_is_an_error():
     import faiss
 

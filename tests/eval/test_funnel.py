@@ -204,3 +204,36 @@ def test_gpu_path_errors_without_gpu(data, monkeypatch):
     monkeypatch.setattr(fm, "search_backend", lambda device: "faiss-gpu")
     with pytest.raises(MRLError, match="index=hnsw has no FAISS GPU version"):
         Funnel([dict(dim=16, keep=50, index="hnsw"), (64, 10)], device="cuda").build(db)
+
+
+def test_stores_checked_once_at_build_not_per_search(data, monkeypatch):
+    """Funnel.build checks every prefix it stores (shape, NaN/inf); a search then reads only
+    the candidates' rows: no scan of a whole store per call (at 1M x 2048 that scan alone
+    costs more than the funnel)."""
+    from mrl.core import validate
+
+    db, q = data
+    stages = [dict(dim=16, keep=50), (32, 20), (64, 10)]
+    good = {d: normed(db, d).astype(np.float32) for d in (16, 32, 64)}
+    bad = {**good, 64: good[64].copy()}
+    bad[64][7, 3] = np.inf
+    with pytest.raises(
+        MRLError, match=r"64-d prefix holds NaN or infinite values \(first at row 7\)"
+    ):
+        Funnel(stages).build(prefixes=bad, n=len(db), width=64)
+    with pytest.raises(
+        MRLError, match=r"the 32-d prefix has shape \(2000, 16\); expected \(2000, 32\)"
+    ):
+        Funnel(stages).build(prefixes={**good, 32: good[16]}, n=len(db), width=64)
+    f = Funnel(stages).build(prefixes=good, n=len(db), width=64)
+    scanned = []
+    real = validate._first_non_finite_row
+
+    def counting(x):
+        scanned.append(x.shape)
+        return real(x)
+
+    monkeypatch.setattr(validate, "_first_non_finite_row", counting)
+    _, ids = f.search(q)
+    assert not [s for s in scanned if s[0] == len(db)], scanned  # queries only
+    np.testing.assert_array_equal(ids, Funnel(stages).build(db).search(q)[1])

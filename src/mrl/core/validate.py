@@ -132,8 +132,11 @@ def first_non_finite_row(x: np.ndarray) -> int | None:
 _first_non_finite_row = first_non_finite_row
 
 
-def as_matrix(x: Any, name: str, dtype: Any = np.float32) -> np.ndarray:
+def as_matrix(x: Any, name: str, dtype: Any = np.float32, check_finite: bool = True) -> np.ndarray:
     """``x`` as a C-contiguous, non-empty, finite 2-D ``(rows, dims)`` array of ``dtype``.
+
+    ``check_finite=False`` skips the NaN/inf scan (one read of the whole array), as SciPy's
+    ``check_finite``: for arrays validated once and searched many times.
 
     Raises:
         MRLError: ``"{name} has shape ...; expected a non-empty 2-D array (rows, dims)"`` or
@@ -143,7 +146,7 @@ def as_matrix(x: Any, name: str, dtype: Any = np.float32) -> np.ndarray:
     x = np.ascontiguousarray(to_numpy(x, name, dtype))
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise MRLError(f"{name} has shape {x.shape}; expected a non-empty 2-D array (rows, dims)")
-    row = _first_non_finite_row(x)
+    row = _first_non_finite_row(x) if check_finite else None
     if row is not None:
         raise MRLError(
             f"{name} holds NaN or infinite values (first at row {row}); expected finite numbers"

@@ -225,7 +225,9 @@ def adaptive_classification(
 # ----------------------------------------------------------------------------- retrieval
 
 
-def rerank_scores(database: np.ndarray, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+def rerank_scores(
+    database: np.ndarray, queries: np.ndarray, candidates: np.ndarray, check_finite: bool = True
+) -> np.ndarray:
     """Inner products of each query with its own candidate rows of ``database``.
 
     ``database``: ``(N, d)`` float32, C-contiguous (read in place); ``queries``: ``(q, d)``;
@@ -233,8 +235,11 @@ def rerank_scores(database: np.ndarray, queries: np.ndarray, candidates: np.ndar
     short result lists). Returns ``(q, K)`` float32, computed inside FAISS
     (``fvec_inner_products_by_idx``) without gathering the ``q x K x d`` candidate vectors.
     The shapes and ids are checked first: FAISS reads the rows unchecked.
+    ``check_finite=False`` skips the NaN/inf scan of ``database`` (a read of all of it, which
+    costs more than the rerank itself at 1M rows): for a store validated once, as
+    :class:`mrl.eval.funnel.Funnel` does at build.
     """
-    database = as_matrix(database, "database")
+    database = as_matrix(database, "database", check_finite=check_finite)
     queries = as_matrix(queries, "queries")
     candidates = np.ascontiguousarray(candidates, dtype=np.int64)
     if queries.shape[1] != database.shape[1]:

@@ -10,6 +10,8 @@ A funnel is a list of :class:`Stage` ``(dim, keep, precision, index, ...)``:
   normalised ``dim`` prefixes, gathered by id inside FAISS,
   :func:`mrl.eval.adaptive.rerank_scores`) and keeps its best ``keep``. The last stage is the
   answer (``keep >= k``, ``k`` returned); reranks must be ``flat``/``float32``.
+  The database's prefixes are checked (shape, finite) once by :meth:`Funnel.build`; a search
+  reads only the shortlist index and the candidates' rows, never the whole store.
 
 Index types (``index``) and the precisions each takes:
 
@@ -347,11 +349,12 @@ class FlatFloat(Shortlist):
     """``flat/float32``: exact search over the normalised prefix (no FAISS index)."""
 
     def build(self, prefix, cache):
-        self.x = prefix(self.stage.dim)
+        self.x = as_matrix(prefix(self.stage.dim), f"the database's {self.stage.dim}-d prefix")
         return False
 
     def search(self, prefix):
-        return exact_search(self.x, prefix(self.stage.dim), self.stage.keep, device=self.device)[1]
+        q, keep = prefix(self.stage.dim), self.stage.keep
+        return exact_search(self.x, q, keep, device=self.device, check_finite=False)[1]
 
     def to_gpu(self) -> None:
         self.device = "cuda"
@@ -573,7 +576,17 @@ class Funnel:
             cache = IndexCache(cache_dir, key)
         self.first = make_shortlist(self.stages[0], self.n)
         self.loaded = bool(self.first.build(prefix, cache))
-        self.stores = {s.dim: prefix(s.dim) for s in self.stages[1:]}
+        # validated once here: searches skip the scan of the stores (check_finite=False)
+        self.stores = {
+            s.dim: as_matrix(prefix(s.dim), f"the database's {s.dim}-d prefix")
+            for s in self.stages[1:]
+        }
+        for d, store in self.stores.items():
+            if store.shape != (self.n, d):
+                raise MRLError(
+                    f"Funnel.build: the {d}-d prefix has shape {store.shape}; "
+                    f"expected ({self.n}, {d})"
+                )
         if self.backend != "cpu":
             self.first.to_gpu()
         self.build_seconds = time.perf_counter() - t0
@@ -614,14 +627,14 @@ class Funnel:
         ids = np.ascontiguousarray(self.first.search(prefix), dtype=np.int64)
         scores = None
         for s in self.stages[1:]:
-            scores = rerank_scores(self.stores[s.dim], prefix(s.dim), ids)
+            scores = rerank_scores(self.stores[s.dim], prefix(s.dim), ids, check_finite=False)
             order = np.argsort(-scores, axis=1, kind="stable")[:, : s.keep]
             ids = np.take_along_axis(ids, order, axis=1)
             scores = np.take_along_axis(scores, order, axis=1)
         if scores is None:  # a one-stage funnel: score the shortlist itself at its prefix
             x = self.first.x if isinstance(self.first, FlatFloat) else None
             if x is not None:
-                scores = rerank_scores(x, prefix(self.stages[0].dim), ids)
+                scores = rerank_scores(x, prefix(self.stages[0].dim), ids, check_finite=False)
             else:
                 scores = np.zeros(ids.shape, np.float32)
         return scores[:, : self.k], ids[:, : self.k]

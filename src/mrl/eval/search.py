@@ -375,6 +375,7 @@ def exact_search(
     use_gpu: bool | None = None,
     query_chunk: int = 4096,
     device: str | None = None,
+    check_finite: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner-product search.
 
@@ -388,12 +389,14 @@ def exact_search(
         query_chunk: at most this many queries per block, bounding the working memory.
         device: ``auto|cpu|cuda`` when ``use_gpu`` is None (default: :func:`use_search_device`'s,
             else ``auto``); ``cuda`` without FAISS GPU searches with torch on the GPU.
+        check_finite: False skips the NaN/inf scan of ``database`` (one read of all of it):
+            for a database validated once and searched many times.
 
     Returns:
         ``(scores, indices)``: float32 and int64 arrays of shape ``(q, k)``, best first,
         equal scores by increasing index. Inputs are cast to contiguous float32.
     """
-    database = as_matrix(database, "database")
+    database = as_matrix(database, "database", check_finite=check_finite)
     queries = as_matrix(queries, "queries")
     if database.shape[1] != queries.shape[1]:
         raise MRLError(
