@@ -65,55 +65,58 @@ FLAT_TARGET, BEST_TARGET, BYTES_SLACK = 14.0, 100.0, 1.10
 
 def configs(n: int, width: int) -> dict[str, list[dict[str, Any]]]:
     """Named funnels: a shortlist stage, optional float32 reranks at a small prefix, then the
-    exact rerank at ``width`` (k=10). Rerank stores at 64 or 128 dims cost 3-6% of the
-    float32 full-width store, so every funnel stays within the +10% memory budget."""
+    exact rerank at ``width`` (k=10). A small-prefix rerank is kept only where its store costs
+    at most 1/16 of the float32 full-width store (128 dims at 2048), so every funnel stays
+    within the +10% memory budget; at a smaller width it is dropped (and from the name)."""
     nlist = max(16, min(int(4 * np.sqrt(n)) // 16 * 16, n // 64))
-    last = {"dim": width, "keep": K}
-
-    def r(d: int, keep: int) -> dict[str, Any]:
-        return {"dim": d, "keep": keep}
-
     ivf = {"index": "ivf", "nlist": nlist, "nprobe": 16}
-    return {
-        "flat_f32_d16_K200": [{"dim": 16, "keep": 200}, last],
-        "flat_f32_d32_K1000_r128_K100": [{"dim": 32, "keep": 1000}, r(128, 100), last],
-        "flat_int8_d64_K200": [{"dim": 64, "keep": 200, "precision": "int8"}, last],
-        "flat_bin_d64_K1000_r128_K50": [
-            {"dim": 64, "keep": 1000, "precision": "binary"}, r(128, 50), last,
-        ],
-        "flat_bin_d128_K1000_r128_K100": [
-            {"dim": 128, "keep": 1000, "precision": "binary"}, r(128, 100), last,
-        ],
-        "flat_bin_d256_K2000_r128_K100": [
-            {"dim": 256, "keep": 2000, "precision": "binary"}, r(128, 100), last,
-        ],
-        "hnsw_f32_d32_K200_r64_K30": [
-            {"dim": 32, "keep": 200, "index": "hnsw", "hnsw_m": 32}, r(64, 30), last,
-        ],
-        "hnsw_int8_d64_M16_K100_r128_K30": [
+    shortlists: dict[str, tuple[dict[str, Any], tuple[int, int] | None]] = {
+        # name: (shortlist stage, (dim, keep) of the small-prefix rerank or None)
+        "flat_f32_d16_K200": ({"dim": 16, "keep": 200}, None),
+        "flat_f32_d32_K1000": ({"dim": 32, "keep": 1000}, (128, 100)),
+        "flat_int8_d64_K200": ({"dim": 64, "keep": 200, "precision": "int8"}, None),
+        "flat_bin_d64_K1000": ({"dim": 64, "keep": 1000, "precision": "binary"}, (128, 50)),
+        "flat_bin_d64_K400": ({"dim": 64, "keep": 400, "precision": "binary"}, (128, 30)),
+        "flat_bin_d128_K1000": ({"dim": 128, "keep": 1000, "precision": "binary"}, (128, 100)),
+        "flat_bin_d256_K2000": ({"dim": 256, "keep": 2000, "precision": "binary"}, (128, 100)),
+        "hnsw_f32_d32_K200": ({"dim": 32, "keep": 200, "index": "hnsw", "hnsw_m": 32}, (64, 30)),
+        "hnsw_int8_d64_M16_K100": (
             {"dim": 64, "keep": 100, "index": "hnsw", "precision": "int8", "hnsw_m": 16,
              "ef_search": 100},
-            r(128, 30), last,
-        ],
-        "hnsw_bin_d128_K400_r128_K30": [
+            (128, 30),
+        ),
+        "hnsw_bin_d128_K400": (
             {"dim": 128, "keep": 400, "index": "hnsw", "precision": "binary", "hnsw_m": 32},
-            r(128, 30), last,
-        ],
-        "ivf_f32_ds64_dc32_K200_r128_K30": [
-            {"dim": 64, "keep": 200, "d_c": 32, **ivf}, r(128, 30), last,
-        ],
-        "ivf_int8_ds128_dc64_K200_r128_K30": [
-            {"dim": 128, "keep": 200, "d_c": 64, "precision": "int8", **ivf}, r(128, 30), last,
-        ],
-        "ivfpq_ds128_dc32_pq32_K400_r128_K30": [
-            {**ivf, "dim": 128, "keep": 400, "index": "ivfpq", "d_c": 32, "pq_m": 32},
-            r(128, 30), last,
-        ],
-        "opq_d64_pq32_K400_r128_K30": [
+            (128, 30),
+        ),
+        "ivf_f32_ds64_dc32_K200": ({"dim": 64, "keep": 200, "d_c": 32, **ivf}, (128, 30)),
+        "ivf_int8_ds128_dc64_K200": (
+            {"dim": 128, "keep": 200, "d_c": 64, "precision": "int8", **ivf}, (128, 30),
+        ),
+        "ivf_int8_ds64_dc32_np8_K100": (
+            {"dim": 64, "keep": 100, "d_c": 32, "precision": "int8", **ivf, "nprobe": 8},
+            (128, 20),
+        ),
+        "ivfpq_ds128_dc32_pq32_K400": (
+            {**ivf, "dim": 128, "keep": 400, "index": "ivfpq", "d_c": 32, "pq_m": 32}, (128, 30),
+        ),
+        "opq_d64_pq32_K400": (
             {"dim": 64, "keep": 400, "index": "opq", "pq_m": 32, "nlist": nlist, "nprobe": 16},
-            r(128, 30), last,
-        ],
+            (128, 30),
+        ),
+        "opq_d64_pq16_np8_K200": (
+            {"dim": 64, "keep": 200, "index": "opq", "pq_m": 16, "nlist": nlist, "nprobe": 8},
+            (128, 20),
+        ),
     }  # fmt: skip
+    out = {}
+    for name, (first, mid) in shortlists.items():
+        stages = [first]
+        if mid is not None and 16 * mid[0] <= width:
+            stages.append({"dim": mid[0], "keep": mid[1]})
+            name += f"_r{mid[0]}_K{mid[1]}"
+        out[name] = [*stages, {"dim": width, "keep": K}]
+    return out
 
 
 def is_flat(stages: list[dict[str, Any]]) -> bool:
@@ -212,10 +215,15 @@ def measure(
     n, width = xb.shape
     n_q = len(q)
 
+    made: dict[int, np.ndarray] = {width: xb}
+
     def prefix(d: int) -> np.ndarray:
         """The sliced-then-normalised prefix, from the normalised full vectors (a row's
-        scale does not change its prefix's direction); the full width is ``xb`` itself."""
-        return xb if d == width else truncate(xb, d, normalize=True)
+        scale does not change its prefix's direction); the full width is ``xb`` itself.
+        Made once per dim and shared by every funnel (one 128-d store, not one each)."""
+        if d not in made:
+            made[d] = truncate(xb, d, normalize=True)
+        return made[d]
 
     funnels: dict[str, Funnel] = {}
     built: dict[str, dict[str, Any]] = {}
@@ -482,13 +490,17 @@ def main(argv: list[str] | None = None) -> int:
         f"threads; speed-up = exact full-width search time / funnel time, same process.\n"
         + "\n".join(descs)
     )
-    # the table and plot show every dataset measured so far (this run's rows replace older)
+    # the table and plot show every dataset measured so far: this run's rows replace older
+    # ones of the same name, and a dataset measured in full now drops all its older rows
+    # (configurations since renamed or removed)
     if a.out.is_file():
         names = {r["name"] for r in rows}
+        redone = set() if a.only else {r["dataset"] for r in results}
         older = [
             {k: r[k] for k in r if k != "name"} | {"speedup": r["value"]}
             for r in json.loads(a.out.read_text())
             if r.get("group") == "pareto" and "flat" in r and r["name"] not in names
+            and r.get("dataset") not in redone
         ]  # fmt: skip
         results = older + results
     if results:
