@@ -109,7 +109,7 @@ bench: setup ## every benchmark (~10-20 min): measured ratios vs targets -> resu
 
 bench-quick: setup ## smaller benchmarks (< 2 min): same rows, small sizes -> results/bench.json
 	$(PY) -m scripts.bench --quick --out results/bench.json $(BENCH_ARGS)
-bench-retrieval: setup ## funnel retrieval Pareto (1M x 2048 synthetic + Fashion-MNIST; ~1 h) -> results/bench.json, results/bench_retrieval.{md,png}
+bench-retrieval: setup ## funnel retrieval Pareto (1M x 2048 synthetic + Fashion-MNIST; ~25 min the first time, ~6 min with its caches) -> results/bench.json, results/bench_retrieval.{md,png}
 	$(PY) -m scripts.bench.pareto --n 1000000 $(BENCH_ARGS)
 
 bench-ddp: setup ## 1 vs 2 CPU processes (trainer=ddp_cpu): wall-clock and metrics (~10 min)
