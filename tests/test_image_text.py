@@ -311,6 +311,28 @@ def test_nested_symmetric_loss_equals_library_loss_per_prefix(module, fmnist):
     module.train()
 
 
+def test_text_tower_learns_at_a_scaled_rate(module):
+    """objective.text_lr_scale (0.02 in experiment=align_fashion_mnist): the text tower's groups
+    at lr * scale, the image tower and projections at lr; each parameter in one group."""
+    from types import SimpleNamespace
+
+    module.text_lr_scale = 0.02
+    module._trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1)
+    try:
+        opt = module.configure_optimizers()["optimizer"]
+    finally:
+        module._trainer, module.text_lr_scale = None, 1.0
+    text = {id(p) for p in module.net.text.parameters()}
+    lr, seen = module.optim_cfg["lr"], []
+    for g in opt.param_groups:
+        ids = {id(p) for p in g["params"]}
+        assert ids <= text or not ids & text
+        assert g["initial_lr"] == pytest.approx(lr * (0.02 if ids <= text else 1))
+        seen += list(ids)
+    assert sorted(seen) == sorted(id(p) for p in module.parameters())
+    assert {id(p) for g in opt.param_groups if g["initial_lr"] < lr for p in g["params"]} == text
+
+
 def test_ff_and_bad_settings(module):
     from mrl.objectives.image_text import ImageTextLitModule
 

@@ -67,7 +67,9 @@ def test_classification_grid_small_and_resumed(tmp_path):
     md = (tmp_path / "text_wordnet.md").read_text()
     assert "## classification: kNN top1" in md and "## classification: top1" in md
     a, b = 100 * mrl["test/top1@d384"], 100 * ff["test/top1@d384"]
-    assert f"- classification top1 at d384: MRL {a:.2f} vs FF {b:.2f}" in md
+    assert f"- classification top1 at d384: MRL {a:.2f} vs FF-384 {b:.2f}" in md
+    a, b = 100 * mrl_knn["knn/top1@d384"], 100 * ff_knn["knn/top1@d384"]
+    assert f"- classification kNN top1 at d384: MRL {a:.2f} vs FF-384 {b:.2f}" in md
     assert "- classification/MRL kNN: " in md and "- classification/released: " in md
     assert (tmp_path / "text_wordnet.png").stat().st_size > 5000
     before = (tmp_path / "text_wordnet.csv").read_text()
@@ -85,6 +87,41 @@ def test_classification_grid_small_and_resumed(tmp_path):
         and "trainer.limit_train_batches=3" in third.stderr
     )
     assert (runs / "classification_mrl_s0/checkpoints/last.ckpt").read_bytes() == mrl_ckpt
+
+
+def test_retrieval_is_compared_with_ff_at_the_target_width(tmp_path):
+    """By default retrieval fine-tunes FF-48 next to FF-384, on MRL's budget, and the claims
+    put MRL's d48 next to FF-48 and the 95% target next to FF-48's own share of FF-384."""
+    ff = {t: list(rt.FF_DIMS[t]) for t in rt.EXPERIMENTS}
+    jobs, _ = rt.jobs_of(list(rt.EXPERIMENTS), ff, 0, rt.STEPS, [], tmp_path)
+    retrieval = {label: args for label, _, args, _ in jobs if label.startswith("retrieval/")}
+    assert sorted(retrieval) == [
+        "retrieval/FF-384",
+        "retrieval/FF-48",
+        "retrieval/MRL",
+        "retrieval/released",
+    ]
+    budget = [a for a in retrieval["retrieval/MRL"] if a.startswith("trainer.")]
+    assert budget == [f"trainer.limit_train_batches={rt.STEPS['retrieval']}"]
+    for k in (48, 384):
+        assert set(budget) | {"method=ff", f"mrl.ff_dim={k}"} <= set(retrieval[f"retrieval/FF-{k}"])
+    assert not any(label.startswith(("classification/FF-48", "mlm/FF-48")) for label, *_ in jobs)
+    rows = [
+        rt.row(method, "retrieval", "nDCG@10", m, v / 100)
+        for method, m, v in [
+            ("MRL", 48, 33.0),
+            ("MRL", 384, 44.0),
+            ("FF", 48, 33.5),
+            ("FF", 384, 44.5),
+        ]
+    ]
+    text = "\n".join(rt.claims(rows))
+    assert (
+        "keeps 75.0% of its own d384 nDCG@10 (target >= 95%): does not hold; the dedicated "
+        "FF-48 keeps 75.3% of FF-384's" in text
+    )
+    assert "nDCG@10 at d48: MRL 33.00 vs FF-48 33.50 (-0.50; 'within 1 point of FF': holds)" in text
+    assert "at d384: MRL 44.00 vs FF-384 44.50 (-0.50; 'within 1 point of FF': holds)" in text
 
 
 def test_a_failed_run_is_counted_and_the_tables_are_still_written(tmp_path):

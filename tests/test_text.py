@@ -399,6 +399,7 @@ def test_text_classifier_end_to_end(cfg_factory):
         "trainer.limit_train_batches=3",
     )
     assert cfg.data.task == "classification" and cfg.objective.label_smoothing == 0.1
+    assert cfg.objective.head_lr_scale == 10
     metrics = train(cfg)
     out = Path(cfg.paths.output_dir)
     run = json.loads((out / "run.json").read_text())
@@ -411,3 +412,31 @@ def test_text_classifier_end_to_end(cfg_factory):
     assert raw["hyper_parameters"]["num_classes"] == 45  # rebuildable (mrl-export)
     heads = [k for k in raw["state_dict"] if k.startswith("net.head.")]
     assert heads and raw["state_dict"]["net.head.heads.0.weight"].shape == (45, 12)
+
+
+def test_text_classifier_heads_learn_at_a_scaled_rate():
+    """objective.head_lr_scale of the text classifier (10 in experiment=text_wordnet_cls): the
+    nested heads' groups run at lr * scale, the pretrained encoder's at lr, weight decay kept
+    per group; every parameter is in exactly one group and the schedule starts from those."""
+    from types import SimpleNamespace
+
+    from mrl.objectives.text_classification import TextClassifierLitModule
+
+    optim = {"_target_": "torch.optim.AdamW", "lr": 1e-4, "weight_decay": 0.01}
+    module = TextClassifierLitModule(
+        {"name": "minilm", "max_seq_length": 16}, num_classes=45, optim=optim, head_lr_scale=10
+    )
+    module._trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1)
+    opt = module.configure_optimizers()["optimizer"]
+    head = {id(p) for p in module.net.head.parameters()}
+    seen, rates = [], set()
+    for g in opt.param_groups:
+        ids = {id(p) for p in g["params"]}
+        assert ids <= head or not ids & head
+        assert g["initial_lr"] == pytest.approx(1e-4 * (10 if ids <= head else 1))
+        rates.add((ids <= head, g["weight_decay"]))
+        seen += list(ids)
+    assert sorted(seen) == sorted(id(p) for p in module.parameters())
+    assert rates == {(True, 0.01), (True, 0.0), (False, 0.01), (False, 0.0)}  # biases: no decay
+    with pytest.raises(MRLError, match="head_lr_scale=0"):
+        TextClassifierLitModule({"name": "minilm"}, num_classes=45, head_lr_scale=0)

@@ -37,7 +37,7 @@ from mrl.models.dual_encoder import DualEncoder
 from mrl.objectives.classification import build_backbone
 from mrl.objectives.contrastive import NestedInfoNCE, build_text_encoder, draw_prefixes
 from mrl.objectives.nested import NestedObjective
-from mrl.objectives.optim import make_optimizer, optim_settings, with_schedule
+from mrl.objectives.optim import make_optimizer, optim_settings, scale_lr, with_schedule
 
 
 class ImageTextLitModule(NestedObjective):
@@ -172,18 +172,7 @@ class ImageTextLitModule(NestedObjective):
         """:mod:`mrl.objectives.optim`'s optimiser and schedule; the text tower's groups at
         ``lr * text_lr_scale``."""
         opt = make_optimizer(self, self.optim_cfg)
-        if self.text_lr_scale != 1.0:
-            text = {id(p) for p in self.net.text.parameters()}
-            groups = []
-            for g in opt.param_groups:
-                for is_text in (False, True):
-                    ps = [p for p in g["params"] if (id(p) in text) == is_text]
-                    if ps:
-                        scale = self.text_lr_scale if is_text else 1.0
-                        groups.append({**g, "params": ps, "lr": g["lr"] * scale})
-            opt.param_groups = []  # no state yet: regroup in place
-            for g in groups:
-                opt.add_param_group(g)
+        scale_lr(opt, self.net.text.parameters(), self.text_lr_scale)
         return with_schedule(opt, self.optim_cfg, self.trainer)
 
     # ------------------------------------------------------------------ evaluation

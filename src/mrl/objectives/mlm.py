@@ -44,7 +44,7 @@ from mrl.core.errors import MRLError
 from mrl.core.validate import integer, is_number
 from mrl.objectives.contrastive import build_text_encoder
 from mrl.objectives.nested import NestedObjective
-from mrl.objectives.optim import make_optimizer, optim_settings, with_schedule
+from mrl.objectives.optim import make_optimizer, optim_settings, scale_lr, with_schedule
 
 IGNORE = -100
 
@@ -201,17 +201,9 @@ class MLMLitModule(NestedObjective):
     def configure_optimizers(self):
         """``optim``'s optimiser and per-step schedule, the head's groups at
         ``head_lr_scale`` times the learning rate."""
-        opt = make_optimizer(self, self.optim_cfg)
-        head = {id(p) for p in self.head.parameters()}
-        if self.head_lr_scale != 1.0:
-            for group in list(opt.param_groups):
-                moved = [p for p in group["params"] if id(p) in head]
-                if moved:
-                    group["params"] = [p for p in group["params"] if id(p) not in head]
-                    settings = {k: v for k, v in group.items() if k != "params"}
-                    settings["lr"] = group["lr"] * self.head_lr_scale
-                    opt.add_param_group({**settings, "params": moved})
-            opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]
+        opt = scale_lr(
+            make_optimizer(self, self.optim_cfg), self.head.parameters(), self.head_lr_scale
+        )
         return with_schedule(opt, self.optim_cfg, self.trainer)
 
     def setup(self, stage: str) -> None:

@@ -15,7 +15,7 @@ and the schedule: ``no_decay_norm_bias`` (no weight decay on norm layers and bia
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -114,6 +114,27 @@ def make_optimizer(module: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.opt
         return partial(groups)
     except TypeError as e:
         raise MRLError(f"optim: {cls.__name__} rejected the settings {sorted(kwargs)}: {e}") from e
+
+
+def scale_lr(
+    opt: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter], scale: float
+) -> torch.optim.Optimizer:
+    """Move ``params`` into groups of their own at ``scale`` times their group's learning rate
+    (every other setting, e.g. weight decay, kept); empty groups are dropped. Call it on a
+    fresh optimiser (no state yet), before :func:`with_schedule`. Returns ``opt``."""
+    if scale == 1.0:
+        return opt
+    chosen = {id(p) for p in params}
+    groups = []
+    for group in opt.param_groups:
+        for moved in (False, True):
+            ps = [p for p in group["params"] if (id(p) in chosen) == moved]
+            if ps:
+                groups.append({**group, "params": ps, "lr": group["lr"] * (scale if moved else 1)})
+    opt.param_groups = []
+    for group in groups:
+        opt.add_param_group(group)
+    return opt
 
 
 def configure_optimizers(module: torch.nn.Module, cfg: Mapping[str, Any], trainer) -> dict:

@@ -23,12 +23,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mrl.core.dims import parse_dims, parse_weights
 from mrl.core.errors import MRLError
-from mrl.core.validate import integer
+from mrl.core.validate import integer, is_number
 from mrl.models import MRLModel, method_name
 from mrl.objectives.classification import MRLLitModule
 from mrl.objectives.contrastive import build_text_encoder
 from mrl.objectives.nested import MatryoshkaLoss
-from mrl.objectives.optim import optim_settings
+from mrl.objectives.optim import make_optimizer, optim_settings, scale_lr, with_schedule
 
 
 class TextClassifierLitModule(MRLLitModule):
@@ -36,7 +36,9 @@ class TextClassifierLitModule(MRLLitModule):
 
     Args: as :class:`MRLLitModule`, without ``in_chans`` / ``img_size`` (image data are
     refused); ``model`` is a text model config (``conf/model/hf_text.yaml``);
-    ``channels_last`` is accepted and ignored (no convolutions).
+    ``channels_last`` is accepted and ignored (no convolutions). ``head_lr_scale``: the
+    new nested heads learn at ``optim.lr`` times this (the encoder is pretrained, the heads
+    start from scratch), as ``objective=mlm``'s head does.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class TextClassifierLitModule(MRLLitModule):
         label_smoothing: float = 0.1,
         optim: dict[str, Any] | None = None,
         channels_last: bool = False,
+        head_lr_scale: float = 1.0,
         **data_info: Any,
     ) -> None:
         # past MRLLitModule.__init__ (it builds an image backbone) to NestedObjective's;
@@ -80,6 +83,9 @@ class TextClassifierLitModule(MRLLitModule):
         )
         self.prefix_weights = dict(zip(self.dims, self.loss_fn.weights, strict=True))
         self.optim_cfg = optim_settings(optim)
+        if not is_number(head_lr_scale) or not 0 < float(head_lr_scale) < float("inf"):
+            raise MRLError(f"objective.head_lr_scale={head_lr_scale!r} must be a positive number")
+        self.head_lr_scale = float(head_lr_scale)
         self._topks = sorted({1, min(5, num_classes)})
         self.metrics = nn.ModuleDict(
             {
@@ -89,6 +95,12 @@ class TextClassifierLitModule(MRLLitModule):
                 for m in self.dims
             }
         )
+
+    def configure_optimizers(self):
+        """``optim``'s optimiser and per-step schedule, the heads at ``head_lr_scale`` x lr."""
+        opt = make_optimizer(self, self.optim_cfg)
+        scale_lr(opt, self.net.head.parameters(), self.head_lr_scale)
+        return with_schedule(opt, self.optim_cfg, self.trainer)
 
     def setup(self, stage: str) -> None:
         """Give the data this model's tokenizer (batches then arrive as tokens)."""
