@@ -108,3 +108,29 @@ def wait_for_file(proc, pattern: str, folder: Path, log: Path, timeout: float = 
         assert time.time() < deadline, f"no {pattern} under {folder} after {timeout} s"
         time.sleep(0.05)
     return found[0]
+
+
+def assert_scaled_lr_groups(module, scaled, scale: float) -> list[dict]:
+    """``module.configure_optimizers()``'s groups: the ``scaled`` parameters' groups start at
+    ``lr * scale``, every other group at ``lr``, no group mixes the two, every parameter is in
+    exactly one group and both kinds exist. Returns the param groups (for further checks)."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    scaled = {id(p) for p in scaled}
+    module._trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1)
+    try:
+        groups = module.configure_optimizers()["optimizer"].param_groups
+    finally:
+        module._trainer = None
+    lr, seen, kinds = module.optim_cfg["lr"], [], set()
+    for g in groups:
+        ids = {id(p) for p in g["params"]}
+        assert ids <= scaled or not ids & scaled, "a group mixes scaled and unscaled parameters"
+        assert g["initial_lr"] == pytest.approx(lr * (scale if ids <= scaled else 1))
+        kinds.add(ids <= scaled)
+        seen += list(ids)
+    assert sorted(seen) == sorted(id(p) for p in module.parameters())
+    assert kinds == {True, False}
+    return groups

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mrl.core.errors import MRLError
+from mrl_test_utils import assert_scaled_lr_groups
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -189,21 +190,8 @@ def test_mlm_bad_input_is_one_line(cfg_factory, module):
 def test_the_new_head_learns_at_a_scaled_rate(module):
     """head_lr_scale: the head's groups run at lr * scale, the encoder's at lr; every
     parameter is in exactly one group; the schedule starts from those rates."""
-    from types import SimpleNamespace
-
     module.head_lr_scale = 10.0
-    module._trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1)
     try:
-        opt = module.configure_optimizers()["optimizer"]
+        assert_scaled_lr_groups(module, module.head.parameters(), 10.0)
     finally:
-        module._trainer, module.head_lr_scale = None, 1.0
-    head = {id(p) for p in module.head.parameters()}
-    lr = module.optim_cfg["lr"]
-    seen = []
-    for g in opt.param_groups:
-        ids = {id(p) for p in g["params"]}
-        assert ids <= head or not ids & head
-        assert g["initial_lr"] == pytest.approx(lr * (10 if ids <= head else 1))
-        seen += list(ids)
-    assert sorted(seen) == sorted(id(p) for p in module.parameters())
-    assert any({id(p) for p in g["params"]} <= head for g in opt.param_groups)
+        module.head_lr_scale = 1.0

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from mrl.core.errors import MRLError
 from mrl.data.wordnet import CACHE_ROOT, LEXNAMES, SYSTEM_ROOT, WordNetDataModule, load_synsets
 from mrl.eval.text_retrieval import TextRetrieval, text_retrieval_metrics
+from mrl_test_utils import assert_scaled_lr_groups
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -418,25 +419,15 @@ def test_text_classifier_heads_learn_at_a_scaled_rate():
     """objective.head_lr_scale of the text classifier (10 in experiment=text_wordnet_cls): the
     nested heads' groups run at lr * scale, the pretrained encoder's at lr, weight decay kept
     per group; every parameter is in exactly one group and the schedule starts from those."""
-    from types import SimpleNamespace
-
     from mrl.objectives.text_classification import TextClassifierLitModule
 
     optim = {"_target_": "torch.optim.AdamW", "lr": 1e-4, "weight_decay": 0.01}
     module = TextClassifierLitModule(
         {"name": "minilm", "max_seq_length": 16}, num_classes=45, optim=optim, head_lr_scale=10
     )
-    module._trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1)
-    opt = module.configure_optimizers()["optimizer"]
+    groups = assert_scaled_lr_groups(module, module.net.head.parameters(), 10)
     head = {id(p) for p in module.net.head.parameters()}
-    seen, rates = [], set()
-    for g in opt.param_groups:
-        ids = {id(p) for p in g["params"]}
-        assert ids <= head or not ids & head
-        assert g["initial_lr"] == pytest.approx(1e-4 * (10 if ids <= head else 1))
-        rates.add((ids <= head, g["weight_decay"]))
-        seen += list(ids)
-    assert sorted(seen) == sorted(id(p) for p in module.parameters())
+    rates = {({id(p) for p in g["params"]} <= head, g["weight_decay"]) for g in groups}
     assert rates == {(True, 0.01), (True, 0.0), (False, 0.01), (False, 0.0)}  # biases: no decay
     with pytest.raises(MRLError, match="head_lr_scale=0"):
         TextClassifierLitModule({"name": "minilm"}, num_classes=45, head_lr_scale=0)

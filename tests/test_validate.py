@@ -17,6 +17,7 @@ from mrl.core.validate import (
     integer,
     is_int,
     is_number,
+    number,
     positive_int,
     seed_int,
     to_numpy,
@@ -101,6 +102,15 @@ def test_positive_int_and_seed_int_keep_their_messages():
 
 
 # ----------------------------------------------------------------------------- arrays
+
+
+def test_number_returns_a_float_and_names_the_bad_value():
+    assert number(np.float32(0.5), "x") == 0.5 and type(number(2, "x")) is float
+    assert number(0, "optim.weight_decay") == 0.0
+    assert message(number, 0, "optim.lr", positive=True) == "optim.lr=0 must be a positive number"
+    for bad in (-1, float("nan"), float("inf"), True, "0.1", None):
+        assert message(number, bad, "s") == f"s={bad!r} must be a finite number >= 0"
+        assert message(number, bad, "s", positive=True) == f"s={bad!r} must be a positive number"
 
 
 def test_to_numpy_converts_lists_and_tensors():

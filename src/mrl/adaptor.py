@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -48,7 +47,7 @@ from torch import nn
 from mrl.core.dims import auto_dims, parse_dims, parse_weights
 from mrl.core.errors import MRLError
 from mrl.core.nesting import nested_sum, truncate
-from mrl.core.validate import as_matrix, integer, is_number, positive_int, seed_int
+from mrl.core.validate import as_matrix, integer, number, positive_int, seed_int
 
 __all__ = [
     "MatryoshkaAdaptor",
@@ -80,14 +79,6 @@ def _dims(spec: Any, width: int) -> list[int]:
     if dims[-1] > width:
         raise MRLError(f"adaptor dims={dims}: {dims[-1]} exceeds the embedding width {width}")
     return dims
-
-
-def _number(value: Any, name: str, positive: bool = False) -> float:
-    if not is_number(value) or not math.isfinite(float(value)) or float(value) < 0:
-        raise MRLError(f"{name}={value!r} must be a finite number >= 0")
-    if positive and float(value) <= 0:
-        raise MRLError(f"{name}={value!r} must be a positive number")
-    return float(value)
 
 
 class MatryoshkaAdaptor(nn.Module):
@@ -300,9 +291,9 @@ def fit_adaptor(
     batch_size = integer(batch_size, "batch_size", min=2)
     k = positive_int(k, "k")
     seed = seed_int(seed)
-    lr = _number(lr, "lr", positive=True)
+    lr = number(lr, "lr", positive=True)
     alpha, beta, gamma, delta = (
-        _number(v, n)
+        number(v, n)
         for v, n in ((alpha, "alpha"), (beta, "beta"), (gamma, "gamma"), (delta, "delta"))
     )
     if distance not in DISTANCES:

@@ -223,7 +223,7 @@ def test_bad_inputs_give_one_line_errors():
         (lambda: fit_adaptor(np.where(np.arange(16) == 3, np.nan, x)), r"fit_adaptor: train_x"),
         (lambda: fit_adaptor(np.zeros((0, 16), np.float32)), r"fit_adaptor: train_x"),
         (lambda: fit_adaptor(x[:1]), r"train_x has 1 row; need at least 2"),
-        (lambda: fit_adaptor(x, lr=-1), r"lr=-1 must be a finite number >= 0"),
+        (lambda: fit_adaptor(x, lr=-1), r"lr=-1 must be a positive number"),
         (lambda: MatryoshkaAdaptor(16, dims=[8, 16]).apply(x[:, :8]), r"adaptor input has width 8"),
         (
             lambda: baseline_transform("pca", x, x, 8, {"epochs": 1}),

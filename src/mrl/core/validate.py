@@ -31,6 +31,7 @@ __all__ = [
     "integer",
     "is_int",
     "is_number",
+    "number",
     "positive_int",
     "seed_int",
     "to_numpy",
@@ -81,6 +82,21 @@ def integer(
         tail = f" {hint}" if hint else ""
         raise MRLError(f"{name}={value!r} must be {_int_range(min, max)}{tail}")
     return int(value)
+
+
+def number(value: Any, name: str, *, positive: bool = False) -> float:
+    """``value`` as a finite ``float >= 0`` (``> 0`` with ``positive``).
+
+    Rejects bools, strings, NaN and infinities: ``"{name}={value!r} must be a finite number
+    >= 0"``, or ``"... must be a positive number"`` with ``positive``.
+    """
+    ok = is_number(value) and np.isfinite(float(value)) and float(value) >= 0
+    if not ok or (positive and float(value) == 0):
+        raise MRLError(
+            f"{name}={value!r} must be "
+            + ("a positive number" if positive else "a finite number >= 0")
+        )
+    return float(value)
 
 
 def positive_int(value: Any, name: str) -> int:

@@ -36,7 +36,7 @@ from sentence_transformers.util import dot_score
 from mrl.core.dims import parse_dims, parse_weights
 from mrl.core.errors import MRLError
 from mrl.core.nesting import truncate
-from mrl.core.validate import integer, is_number
+from mrl.core.validate import integer, number
 from mrl.eval.text_retrieval import DEFAULT_KS, text_retrieval_metrics
 from mrl.objectives.nested import NestedObjective
 from mrl.objectives.optim import optim_settings
@@ -70,10 +70,8 @@ class NestedInfoNCE(torch.nn.Module):
 
     def __init__(self, dims: list[int], temperature: float = 0.05, symmetric: bool = False):
         super().__init__()
-        if not is_number(temperature) or not 0 < float(temperature) < float("inf"):
-            raise MRLError(f"objective.temperature={temperature!r} must be a positive number")
+        self.temperature = number(temperature, "objective.temperature", positive=True)
         self.dims = list(dims)
-        self.temperature = float(temperature)
         self.symmetric = bool(symmetric)
         directions = ("query_to_doc", "doc_to_query") if symmetric else ("query_to_doc",)
         self.infonce = MultipleNegativesRankingLoss(

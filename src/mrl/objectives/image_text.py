@@ -31,7 +31,7 @@ import torch
 
 from mrl.core.dims import parse_dims, parse_weights
 from mrl.core.errors import MRLError
-from mrl.core.validate import integer, positive_int
+from mrl.core.validate import integer, number, positive_int
 from mrl.eval.image_text import DEFAULT_KS, cross_modal_recall, knn_topk, zero_shot_top1
 from mrl.models.dual_encoder import DualEncoder
 from mrl.objectives.classification import build_backbone
@@ -120,9 +120,7 @@ class ImageTextLitModule(NestedObjective):
         self.ks = tuple(sorted({int(k) for k in ks}))
         self.knn_neighbors = positive_int(knn_neighbors, "objective.knn_neighbors")
         self.knn_T = float(knn_T)
-        self.text_lr_scale = float(text_lr_scale)
-        if not self.text_lr_scale >= 0:
-            raise MRLError(f"objective.text_lr_scale={text_lr_scale!r} must be a number >= 0")
+        self.text_lr_scale = number(text_lr_scale, "objective.text_lr_scale")
         self.num_classes = None if num_classes is None else int(num_classes)
         self.optim_cfg = optim_settings(optim)
         self.report_metrics = ("i2t_R@1", "t2i_R@1", "zeroshot_top1", "knn_top1")

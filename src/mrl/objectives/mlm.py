@@ -41,7 +41,7 @@ from torch import nn
 
 from mrl.core.dims import parse_dims, parse_weights
 from mrl.core.errors import MRLError
-from mrl.core.validate import integer, is_number
+from mrl.core.validate import integer, is_number, number
 from mrl.objectives.contrastive import build_text_encoder
 from mrl.objectives.nested import NestedObjective
 from mrl.objectives.optim import make_optimizer, optim_settings, scale_lr, with_schedule
@@ -169,9 +169,7 @@ class MLMLitModule(NestedObjective):
         p = mlm_probability
         if not is_number(p) or not 0 < float(p) < 1:
             raise MRLError(f"objective.mlm_probability={p!r} must be a fraction in (0, 1)")
-        if not is_number(head_lr_scale) or not 0 < float(head_lr_scale) < float("inf"):
-            raise MRLError(f"objective.head_lr_scale={head_lr_scale!r} must be a positive number")
-        self.head_lr_scale = float(head_lr_scale)
+        self.head_lr_scale = number(head_lr_scale, "objective.head_lr_scale", positive=True)
         self.save_hyperparameters()
         self.net = build_text_encoder(model)
         nested = parse_dims(dims, self.net.width)

@@ -22,7 +22,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 
 from mrl.core.errors import MRLError
-from mrl.core.validate import is_number
+from mrl.core.validate import number
 
 #: ``optim.name`` of older configs and checkpoints -> the class it meant
 OPTIMIZERS = {"sgd": "torch.optim.SGD", "adamw": "torch.optim.AdamW"}
@@ -80,13 +80,9 @@ def optim_settings(optim: Mapping[str, Any] | None) -> dict[str, Any]:
     optimizer_class(cfg)
     if cfg["schedule"] not in SCHEDULES:
         raise MRLError(f"optim.schedule={cfg['schedule']!r} is not one of {list(SCHEDULES)}")
-    lr = cfg["lr"]
-    if not is_number(lr) or not 0 < lr < math.inf:
-        raise MRLError(f"optim.lr={lr!r} must be a positive number")
+    number(cfg["lr"], "optim.lr", positive=True)
     for key in ("weight_decay", "warmup_epochs", "momentum"):
-        v = cfg.get(key, 0)
-        if not is_number(v) or not 0 <= float(v) < math.inf:
-            raise MRLError(f"optim.{key}={v!r} must be a number >= 0")
+        number(cfg.get(key, 0), f"optim.{key}")
     return cfg
 
 

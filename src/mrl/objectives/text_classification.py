@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mrl.core.dims import parse_dims, parse_weights
 from mrl.core.errors import MRLError
-from mrl.core.validate import integer, is_number
+from mrl.core.validate import integer, number
 from mrl.models import MRLModel, method_name
 from mrl.objectives.classification import MRLLitModule
 from mrl.objectives.contrastive import build_text_encoder
@@ -83,9 +83,7 @@ class TextClassifierLitModule(MRLLitModule):
         )
         self.prefix_weights = dict(zip(self.dims, self.loss_fn.weights, strict=True))
         self.optim_cfg = optim_settings(optim)
-        if not is_number(head_lr_scale) or not 0 < float(head_lr_scale) < float("inf"):
-            raise MRLError(f"objective.head_lr_scale={head_lr_scale!r} must be a positive number")
-        self.head_lr_scale = float(head_lr_scale)
+        self.head_lr_scale = number(head_lr_scale, "objective.head_lr_scale", positive=True)
         self._topks = sorted({1, min(5, num_classes)})
         self.metrics = nn.ModuleDict(
             {
