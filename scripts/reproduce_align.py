@@ -17,8 +17,9 @@ captions): image->text and text->image R@{1,5,10}, zero-shot top-1 (class prompt
 top-1 / top-5 (database: the training images). Writes ``<out>/align_fashion_mnist.csv`` (long:
 ``method,task,metric,dim,value``, values in %), ``.md`` (tables and each run's wall-clock) and
 ``.png`` (the four headline metrics against dims). Resumable: a run dir whose ``run.json``
-says completed is reused; an unfinished one continues from its ``last.ckpt``
-(``ckpt_path=auto``). Exit status 1 when a run failed (the others are still tabled).
+says completed is reused when its overrides and recorded config are what this call composes
+today (else refused by name, left as it is); an unfinished one continues from its
+``last.ckpt`` (``ckpt_path=auto``). Exit status 1 when a run failed (the others are still tabled).
 """
 
 from __future__ import annotations
@@ -61,19 +62,19 @@ def completed(run_dir: Path) -> bool:
 
 def train(run_dir: Path, args: list[str], extra: list[str]) -> float:
     """``train.py experiment=align_fashion_mnist <args>`` into ``run_dir`` unless completed;
-    returns its wall-clock seconds (0 when reused). A failure raises RuntimeError."""
+    returns its wall-clock seconds (0 when reused). A failure, or a completed run dir made by
+    other overrides or another config (:func:`mrl.run.reuse.stale_reason`: never reused,
+    never overwritten), raises RuntimeError."""
+    from mrl.run.reuse import stale_reason
+
+    overrides = [f"experiment={EXPERIMENT}", "ckpt_path=auto", *args, *extra]
     if completed(run_dir):
+        reason = stale_reason("train", overrides, run_dir)
+        if reason:
+            raise RuntimeError(f"{run_dir} {reason}; remove it or use another --out")
         print(f"== reusing {run_dir}", flush=True)
         return 0.0
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        f"experiment={EXPERIMENT}",
-        f"hydra.run.dir={run_dir}",
-        "ckpt_path=auto",
-        *args,
-        *extra,
-    ]
+    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", *overrides]
     print("+", " ".join(cmd[1:]), flush=True)
     t = time.time()
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}

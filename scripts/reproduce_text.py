@@ -29,8 +29,11 @@ Every fine-tune trains one epoch of ``STEPS[task]`` batches (``--steps`` overrid
 validates on ``VAL_SYNSETS`` synsets, two runs at a time on one thread each (``--jobs``). Writes ``<out>/text_wordnet.csv`` (long:
 ``method,task,metric,dim,value``, values in %), ``.md`` (a table per task and metric, the
 claims, each run's wall-clock) and ``.png``. Resumable: a run dir whose ``run.json`` says
-completed is reused; an unfinished fine-tune continues from its ``last.ckpt``. Exit status 1
-when a run failed (the others are still tabled, the failed cells marked ``failed``).
+completed is reused when both its overrides and its recorded config (``.hydra/config.yaml``)
+are what this call composes today; one made by other overrides, or under since-changed config
+defaults, is refused by name and left as it is; an unfinished fine-tune continues from its
+``last.ckpt``. Exit status 1 when a run failed (the others are still tabled, the failed cells
+marked ``failed``).
 """
 
 from __future__ import annotations
@@ -102,30 +105,17 @@ def completed(run_dir: Path) -> bool:
         return False
 
 
-def recorded_overrides(run_dir: Path) -> list[str] | None:
-    """The command-line overrides a run dir was made with (Hydra's record, without its run dir
-    setting), or None when it has no record."""
-    import yaml
-
-    try:
-        made = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return [str(a) for a in made if not str(a).startswith("hydra.run.dir=")]
-
-
 def call(script: str, args: list[str], run_dir: Path, threads: int | None) -> float:
     """``python <script> <args> hydra.run.dir=<run_dir>`` unless completed; its wall-clock
     seconds (0 when reused). Output goes to ``<run_dir>.log``. A failure, or a completed run
-    dir made by other overrides (another budget, seed or ``--`` overrides: never reused,
-    never overwritten), raises RuntimeError."""
+    dir that can't stand for this call (:func:`mrl.run.reuse.stale_reason`: never reused, never
+    overwritten), raises RuntimeError."""
+    from mrl.run.reuse import stale_reason
+
     if completed(run_dir):
-        made_by = recorded_overrides(run_dir)
-        if made_by is not None and made_by != args:
-            raise RuntimeError(
-                f"{run_dir} was made by other overrides ({' '.join(made_by)}), not "
-                f"{' '.join(args)}; remove it or use another --out"
-            )
+        reason = stale_reason(script.removesuffix(".py"), args, run_dir)
+        if reason:
+            raise RuntimeError(f"{run_dir} {reason}; remove it or use another --out")
         print(f"== reusing {run_dir}", flush=True)
         return 0.0
     cmd = [sys.executable, str(ROOT / script), *args, f"hydra.run.dir={run_dir}"]

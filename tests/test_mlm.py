@@ -3,6 +3,7 @@ tied to the input embeddings, on real WordNet glosses and examples with the bund
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -145,6 +146,56 @@ def test_a_few_steps_on_real_glosses_reduce_the_loss(dm):
     for m in module.dims:
         assert after[m] < before[m] - 0.2, (m, before, after)
     assert after[384] < before[384] - 2.0 and after[384] < after[12]
+
+
+def test_the_output_bias_starts_at_the_training_tokens_log_prior(dm, monkeypatch):
+    """bias_init=prior (the default): fitting sets the bias to the add-one smoothed log
+    frequency of the tokens of the first PRIOR_TEXTS training texts (100 here), counted here
+    independently; special tokens get
+    the smoothing count only; every prefix then predicts the unigram model's tokens from the
+    start (the bias is the same for all). bias_init=zeros keeps BERT's zeros."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from mrl.objectives import mlm
+    from mrl.objectives.mlm import MLMLitModule
+
+    monkeypatch.setattr(mlm, "PRIOR_TEXTS", 100)
+    module = MLMLitModule({"name": "minilm", "max_seq_length": 32}, dims=[12, 384])
+    assert module.bias_init == "prior" and not module.head.bias.any()
+    module._trainer = SimpleNamespace(datamodule=dm)
+    try:
+        module.setup("fit")
+    finally:
+        module._trainer = None
+        dm.set_tokenizer(None)
+    tok = module.net.tokenizer
+    counts = Counter()
+    assert len(dm.texts("train")) > 300
+    for text in dm.texts("train")[:100]:
+        counts.update(tok(text, truncation=True, max_length=32)["input_ids"])
+    for t in tok.all_special_ids:
+        counts[t] = 0
+    total = sum(counts.values()) + len(tok)
+    bias = module.head.bias.detach()
+    for t in (tok.convert_tokens_to_ids("the"), tok.convert_tokens_to_ids("of"), tok.cls_token_id):
+        assert bias[t].item() == pytest.approx(math.log((counts[t] + 1) / total), abs=1e-4)
+    assert int(bias.argmax()) == counts.most_common(1)[0][0]
+    assert tok.convert_ids_to_tokens(int(bias.argmax())) in ("a", "the", "of")
+    assert bias[tok.mask_token_id] == bias.min()  # never in a text: smoothing count only
+
+    zeros = MLMLitModule({"name": "minilm", "max_seq_length": 32}, bias_init="zeros")
+    zeros._trainer = SimpleNamespace(datamodule=dm)
+    try:
+        zeros.setup("fit")
+    finally:
+        zeros._trainer = None
+        dm.set_tokenizer(None)
+    assert not zeros.head.bias.any()
+    with pytest.raises(
+        MRLError, match=r"objective.bias_init='log' is not one of \['prior', 'zeros'\]"
+    ):
+        MLMLitModule({"name": "minilm"}, bias_init="log")
 
 
 def test_ff_trains_one_prefix_and_reads_every_smaller_one(dm, module):

@@ -87,6 +87,20 @@ def test_classification_grid_small_and_resumed(tmp_path):
         and "trainer.limit_train_batches=3" in third.stderr
     )
     assert (runs / "classification_mrl_s0/checkpoints/last.ckpt").read_bytes() == mrl_ckpt
+    # the same overrides, but the run was made when a config default differed (here: as if
+    # text_wordnet_cls had no head_lr_scale yet): refused, named, nothing overwritten
+    recorded = runs / "classification_mrl_s0/.hydra/config.yaml"
+    text = recorded.read_text()
+    assert "head_lr_scale: 10.0\n" in text
+    recorded.write_text(text.replace("head_lr_scale: 10.0\n", "head_lr_scale: 1.0\n"))
+    stale = run_cli(*args, "--", *SMALL, timeout=600)
+    assert stale.returncode == 1
+    assert (
+        "classification_mrl_s0 was made with another configuration: objective.head_lr_scale "
+        "(1.0 then, 10.0 now); remove it or use another --out" in stale.stderr
+    )
+    assert stale.stdout.count("== reusing") == 3  # FF-384, its kNN, the released model
+    assert (runs / "classification_mrl_s0/checkpoints/last.ckpt").read_bytes() == mrl_ckpt
 
 
 def test_retrieval_is_compared_with_ff_at_the_target_width(tmp_path):

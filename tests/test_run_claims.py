@@ -68,6 +68,11 @@ def test_refused_commands_leave_a_finished_run_byte_identical_and_eval_keeps_its
     ckpt = str(out / "checkpoints" / "last.ckpt")
     refused = {  # name: (script, extra args, what the one line says)
         "rerun": ("train.py", [], "already holds last.ckpt"),
+        "auto, another config": (  # a finished run stands only for the config it was made by
+            "train.py",
+            ["ckpt_path=auto", "optim.weight_decay=0.123"],
+            "was completed with another config (optim.weight_decay (0.0005 then, 0.123 now))",
+        ),
         "other dims (MRL-E)": (
             "train.py",
             ["ckpt_path=last", "mrl.dims=[32,64,...,256]"],
@@ -229,3 +234,22 @@ def test_skipped_corrupt_images_are_named_in_the_run_record(tmp_path):
     record = _json(tmp_path / "run" / "run.json")
     assert record["status"] == "completed"
     assert record["skipped_images"] == 1 and record["skipped_files"] == [str(bad)]
+
+
+def test_config_changes_name_every_differing_leaf():
+    """Dotted keys in key order, absent keys said so, ignored top-level keys skipped, lists
+    compared whole; the recorded config reads back as Hydra wrote it."""
+    from mrl.run.claim import config_changes
+
+    made = {"ckpt_path": None, "optim": {"lr": 0.1, "wd": 0.0005}, "mrl": {"dims": [8, 16]}}
+    now = {"ckpt_path": "auto", "optim": {"lr": 0.1, "wd": 0.001}, "mrl": {"dims": [8, 32]}}
+    now["objective"] = {"bias_init": "prior"}
+    assert config_changes(made, now, ignore=("ckpt_path",)) == [
+        "mrl.dims ([8, 16] then, [8, 32] now)",
+        "objective (absent then, {'bias_init': 'prior'} now)",
+        "optim.wd (0.0005 then, 0.001 now)",
+    ]
+    assert config_changes(made, made) == []
+    assert config_changes(made, {**made, "ckpt_path": "auto"}) == [
+        "ckpt_path (None then, 'auto' now)"
+    ]

@@ -152,6 +152,42 @@ def _move_top_files(top: Path, dest: Path) -> None:
             os.replace(top / name, dest / name)
 
 
+_ABSENT = "absent"
+
+
+def config_changes(made: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``"<dotted key> (<made> then, <now> now)"`` for every leaf where a run dir's recorded
+    config ``made`` and the config ``now`` differ (both unresolved containers, as in
+    ``.hydra/config.yaml``), in key order; top-level keys in ``ignore`` are skipped."""
+    made, now = ({k: v for k, v in c.items() if k not in ignore} for c in (made, now))
+    return _changes(made, now, "")
+
+
+def _changes(made: Any, now: Any, key: str) -> list[str]:
+    if isinstance(made, dict) and isinstance(now, dict):
+        keys = sorted(set(made) | set(now), key=str)
+        return [
+            c
+            for k in keys
+            for c in _changes(made.get(k, _ABSENT), now.get(k, _ABSENT), f"{key}{k}.")
+        ]
+    if made == now:
+        return []
+    show = [v if v is _ABSENT else repr(v) for v in (made, now)]
+    return [f"{key[:-1]} ({show[0]} then, {show[1]} now)"]
+
+
+def recorded_config(run_dir: str | Path) -> dict | None:
+    """The config a run dir was created with (``.hydra/config.yaml``), or None without one."""
+    import yaml
+
+    try:
+        made = yaml.safe_load(RunDir(run_dir).hydra_config.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return made if isinstance(made, dict) else None
+
+
 def _hydra_files(cfg: Any) -> dict[str, str] | None:
     """The three files Hydra would write (``config.yaml`` = the task config, unresolved)."""
     from hydra.core.hydra_config import HydraConfig

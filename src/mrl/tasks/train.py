@@ -38,7 +38,7 @@ from mrl.data.base import follow_model_transforms
 from mrl.eval.report import prefix_table
 from mrl.objectives.classification import MRLLitModule
 from mrl.run.checkpoints import AtomicCheckpointIO, fit_progress, remove_stale_temp_files
-from mrl.run.claim import RunDirClaim
+from mrl.run.claim import RunDirClaim, config_changes, recorded_config
 from mrl.run.distributed import worker_error
 from mrl.run.files import update_metrics_json
 from mrl.run.layout import RunDir
@@ -188,6 +188,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
             and previous.get("status") == "completed"
             and run.metrics.is_file()
         ):  # sweeps re-run by `make reproduce-table1` reuse finished jobs
+            made = recorded_config(run.path)
+            now = OmegaConf.to_container(cfg, resolve=False)
+            changes = [] if made is None else config_changes(made, now, ignore=("ckpt_path",))
+            if changes:
+                more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
+                raise MRLError(
+                    f"ckpt_path=auto: {run.path} was completed with another config "
+                    f"({changes[0]}{more}); it is reused only for the same config: use another "
+                    "hydra.run.dir, or remove that run dir to train again"
+                )
             print(f"already completed: {run.path} (ckpt_path=auto reuses it)")
             return read_record(run.metrics)
         if claim.fresh:  # a new run dir: nothing to protect, record the command at once
