@@ -160,15 +160,20 @@ def test_the_output_bias_starts_at_the_training_tokens_log_prior(dm, monkeypatch
     from mrl.objectives import mlm
     from mrl.objectives.mlm import MLMLitModule
 
+    def fitted(**kwargs) -> MLMLitModule:  # setup("fit") as the trainer calls it
+        module = MLMLitModule({"name": "minilm", "max_seq_length": 32}, **kwargs)
+        assert not module.head.bias.any()
+        module._trainer = SimpleNamespace(datamodule=dm)
+        try:
+            module.setup("fit")
+        finally:
+            module._trainer = None
+            dm.set_tokenizer(None)
+        return module
+
     monkeypatch.setattr(mlm, "PRIOR_TEXTS", 100)
-    module = MLMLitModule({"name": "minilm", "max_seq_length": 32}, dims=[12, 384])
-    assert module.bias_init == "prior" and not module.head.bias.any()
-    module._trainer = SimpleNamespace(datamodule=dm)
-    try:
-        module.setup("fit")
-    finally:
-        module._trainer = None
-        dm.set_tokenizer(None)
+    module = fitted(dims=[12, 384])
+    assert module.bias_init == "prior"
     tok = module.net.tokenizer
     counts = Counter()
     assert len(dm.texts("train")) > 300
@@ -184,14 +189,7 @@ def test_the_output_bias_starts_at_the_training_tokens_log_prior(dm, monkeypatch
     assert tok.convert_ids_to_tokens(int(bias.argmax())) in ("a", "the", "of")
     assert bias[tok.mask_token_id] == bias.min()  # never in a text: smoothing count only
 
-    zeros = MLMLitModule({"name": "minilm", "max_seq_length": 32}, bias_init="zeros")
-    zeros._trainer = SimpleNamespace(datamodule=dm)
-    try:
-        zeros.setup("fit")
-    finally:
-        zeros._trainer = None
-        dm.set_tokenizer(None)
-    assert not zeros.head.bias.any()
+    assert not fitted(bias_init="zeros").head.bias.any()
     with pytest.raises(
         MRLError, match=r"objective.bias_init='log' is not one of \['prior', 'zeros'\]"
     ):

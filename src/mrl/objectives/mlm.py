@@ -221,9 +221,13 @@ class MLMLitModule(NestedObjective):
         self.optim_cfg = optim_settings(optim)
         self._eval: dict[int, list[float]] = {}
 
+    @property
+    def max_length(self) -> int:
+        """Tokens per text: the model's ``max_seq_length``, else the tokenizer's limit."""
+        return self.net.max_seq_length or self.net.tokenizer.model_max_length
+
     def masking_tokenizer(self) -> MaskingTokenizer:
-        limit = self.net.max_seq_length or self.net.tokenizer.model_max_length
-        return MaskingTokenizer(self.net.tokenizer, limit, self.mlm_probability)
+        return MaskingTokenizer(self.net.tokenizer, self.max_length, self.mlm_probability)
 
     def configure_optimizers(self):
         """``optim``'s optimiser and per-step schedule, the head's groups at
@@ -247,9 +251,8 @@ class MLMLitModule(NestedObjective):
             )
         dm.set_tokenizer(self.masking_tokenizer())
         if stage == "fit" and self.bias_init == "prior" and hasattr(dm, "texts"):
-            limit = self.net.max_seq_length or self.net.tokenizer.model_max_length
             texts = dm.texts("train")[:PRIOR_TEXTS]
-            prior = token_log_prior(self.net.tokenizer, texts, limit)
+            prior = token_log_prior(self.net.tokenizer, texts, self.max_length)
             with torch.no_grad():
                 self.head.bias.copy_(prior[: self.head.bias.numel()])
 
