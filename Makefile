@@ -32,8 +32,8 @@ data: ## install the embedded Fashion-MNIST and WordNet 3.0 (Debian's dataset-fa
 	  else echo "$$2 not installed (apt-get install $$2): Fashion-MNIST falls back to torchvision's download; the WordNet tasks need it"; fi; \
 	done
 
-test: setup ## the test suite (unit + integration on real data; not the README replay, not multi-process)
-	$(PY) -m pytest -q -m "not readme and not multiprocess"
+test: setup ## the test suite on 2 workers (unit + integration on real data; not the README replay, not multi-process)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not readme and not multiprocess"
 
 test-multiprocess: setup ## DDP on 2 CPU processes, submitit sweeps, pre-emption + requeue (~7 min)
 	$(PY) -m pytest -q -m multiprocess

@@ -9,6 +9,14 @@ from mrl_test_utils import compose_cfg
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on two cores: one thread each (and in the
+    # train.py / eval.py subprocesses they start), so they do not oversubscribe the CPU
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -22,10 +30,29 @@ def cfg_factory(tmp_path):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """One short real training run (MRL, ResNet-18, 4000 Fashion-MNIST images, 1 epoch),
-    shared by the training and evaluation tests. Returns (run dir, metrics)."""
+    shared by the training and evaluation tests (read-only). Returns (run dir, metrics).
+    Under `make test`'s two workers the first one to ask trains it, under a file lock, and
+    the other reads the same run."""
+    import json
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of one pytest call
+    out = root / "trained" / "run"
+    with FileLock(str(root / "trained.lock")):
+        done = out.parent / "returned_metrics.json"  # beside the run dir, not in it
+        if not done.exists():
+            done.write_text(json.dumps(_train_once(out), default=float))
+    return out, json.loads(done.read_text())
+
+
+def _train_once(out):
+    from omegaconf import OmegaConf
+
     from mrl.tasks.train import train
 
-    out = tmp_path_factory.mktemp("trained") / "run"
     cfg = compose_cfg(
         "train",
         out,
@@ -38,8 +65,14 @@ def trained_run(tmp_path_factory):
     )
     metrics = train(cfg)
     # what Hydra's CLI writes into every run dir (eval.py reads the data config from it)
-    from omegaconf import OmegaConf
-
     (out / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
-    return out, metrics
+    return metrics
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with slow (training) tests first, each file's own order kept: `make test` hands
+    whole files to two workers in this order, so the long files start early and the short
+    ones fill the gaps at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
