@@ -11,6 +11,9 @@ half-width ResNet-18 image tower and a MiniLM text tower, both projected to 256 
    prefix k trained); the largest dims' FF (FF-256) is FF at full width.
 3. FF (truncated): the largest FF model's first m dims, for every m (plain truncation; from
    the same run's test metrics, no training).
+4. PCA: the top m principal components of the largest FF model's embeddings, fitted on its
+   training-image embeddings only and applied to both towers (``objective.baselines=
+   [truncate,pca]`` on that run; no training).
 
 Per run and prefix (test split: the 10k official test images against the 70 distinct
 captions): image->text and text->image R@{1,5,10}, zero-shot top-1 (class prompts) and kNN
@@ -51,6 +54,7 @@ METRICS = {
 HEADLINE = (("i2t", "R@1"), ("t2i", "R@1"), ("zeroshot", "top1"), ("knn", "top1"))
 COLUMNS = ("method", "task", "metric", "dim", "value")
 FF_TRUNC = "FF (truncated)"
+PCA = "PCA"
 
 
 def completed(run_dir: Path) -> bool:
@@ -84,13 +88,14 @@ def train(run_dir: Path, args: list[str], extra: list[str]) -> float:
     return time.time() - t
 
 
-def rows_of(run_dir: Path, method: str, dims: list[int]) -> list[dict]:
-    """Long rows (values in %) of a finished run's test metrics at ``dims``."""
+def rows_of(run_dir: Path, method: str, dims: list[int], suffix: str = "") -> list[dict]:
+    """Long rows (values in %) of a finished run's test metrics at ``dims`` (``suffix``: a
+    baseline's, e.g. ``/pca``)."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     out = []
     for (task, metric), name in METRICS.items():
         for m in dims:
-            v = metrics.get(f"test/{name}@d{m}")
+            v = metrics.get(f"test/{name}@d{m}{suffix}")
             if v is not None:
                 out.append(
                     {"method": method, "task": task, "metric": metric, "dim": m, "value": 100 * v}
@@ -126,7 +131,7 @@ def plot(rows: list[dict], methods: list[str], path: Path) -> None:
                 if r["method"] == name and (r["task"], r["metric"]) == (task, metric)
             )
             if pts:
-                style = "--" if name == FF_TRUNC else "-"
+                style = "--" if name in (FF_TRUNC, PCA) else "-"
                 marker = "s" if name == "FF" else "o"
                 ax.plot(*zip(*pts, strict=True), style, marker=marker, color=f"C{i}", label=name)
         ax.set_xscale("log", base=2)
@@ -171,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs = [("MRL", runs / f"mrl_s{args.seed}", seed)]
     jobs += [
-        (f"FF-{k}", runs / f"ff{k}_s{args.seed}", ["method=ff", f"mrl.ff_dim={k}", *seed])
+        (
+            f"FF-{k}",
+            runs / f"ff{k}_s{args.seed}",
+            ["method=ff", f"mrl.ff_dim={k}", *seed]
+            + (["objective.baselines=[truncate,pca]"] if k == ff_dims[-1] else []),
+        )
         for k in ff_dims
     ]
     rows: list[dict] = []
@@ -197,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += rows_of(run_dir, "FF", [k])
             if k == ff_dims[-1]:  # the largest FF: plain truncation at every prefix
                 rows += rows_of(run_dir, FF_TRUNC, [m for m in DIMS if m <= k])
-    methods = [m for m in ("MRL", "FF", FF_TRUNC) if any(r["method"] == m for r in rows)]
+                rows += rows_of(run_dir, PCA, [m for m in DIMS if m <= k], "/pca")
+    methods = [m for m in ("MRL", "FF", FF_TRUNC, PCA) if any(r["method"] == m for r in rows)]
     stem = out / EXPERIMENT
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(COLUMNS))
@@ -211,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         "classes x (6 templates + the WordNet gloss)), relevant = same class. R@k: queries with "
         "a relevant item among the k nearest / all queries. Zero-shot: class prompts (the 6 "
         "templates) as the classifier. kNN: weighted 20-NN vote over the training images. "
-        f"FF = FF-k at d=k; {FF_TRUNC} = the first m dims of FF-{ff_dims[-1]}. Values in %.",
+        f"FF = FF-k at d=k; {FF_TRUNC} = the first m dims of FF-{ff_dims[-1]}; {PCA} = the top m "
+        f"principal components of FF-{ff_dims[-1]}'s embeddings (fitted on its training-image "
+        "embeddings, applied to images and texts alike). Values in %.",
         "",
     ]
     if extra:

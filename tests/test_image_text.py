@@ -339,6 +339,43 @@ def test_ff_and_bad_settings(module):
         ImageTextLitModule(*args, in_chans=1, img_size=28, efficient=True)
 
 
+def test_pca_baseline_is_one_transform_fitted_on_the_training_images(module, fmnist):
+    """objective.baselines=[truncate,pca]: one PCA for both towers (a caption's row does not
+    depend on which matrix it is in), fitted on the training images only (other test rows leave
+    it unchanged), components in order of decreasing variance; adaptor and unknown names are
+    one-line errors."""
+    from mrl.objectives.image_text import ImageTextLitModule
+
+    batches = iter(fmnist.train_dataloader())
+    test = next(batches)
+    train = torch.cat([next(batches)["image"] for _ in range(6)])  # 96 images > 64 dims
+    module.eval()
+    with torch.no_grad():
+        emb = {
+            "image": module.embed(test["image"]).numpy(),
+            "text": module.embed_texts(test["text"]),
+            "train": module.embed(train).numpy(),
+        }
+    module.train()
+    out = module._transformed("pca", emb)
+    assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in emb.items()}
+    swapped = module._transformed("pca", {**emb, "image": emb["text"], "text": emb["image"]})
+    np.testing.assert_allclose(swapped["image"], out["text"], atol=1e-5)
+    np.testing.assert_allclose(swapped["train"], out["train"], atol=1e-5)
+    var = out["train"].var(axis=0)
+    assert np.all(np.diff(var) <= 1e-6) and var[0] > 10 * var[-1]
+    np.testing.assert_allclose(out["train"].mean(axis=0), 0.0, atol=1e-4)
+
+    args = (
+        {"name": "resnet18", "channels": [16, 32, 64, 128], "small_input_stem": False},
+        {"name": "minilm", "max_seq_length": 16},
+    )
+    with pytest.raises(MRLError, match=r"objective.baselines=\[adaptor\] is not supported"):
+        ImageTextLitModule(*args, in_chans=1, img_size=28, baselines=["truncate", "adaptor"])
+    with pytest.raises(MRLError, match="objective.baselines='pcaa' is not a baseline"):
+        ImageTextLitModule(*args, in_chans=1, img_size=28, baselines=["pcaa"])
+
+
 # ---------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_align_experiment_end_to_end_writes_per_prefix_metrics(cfg_factory):

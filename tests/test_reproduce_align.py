@@ -1,6 +1,6 @@
 """``scripts/reproduce_align.py`` (#14 item 7, the ALIGN row) at small sizes: real MRL, FF-8
 and FF-256 dual encoders trained 2 steps each on Fashion-MNIST captions, the CSV checked against
-each run's metrics.json, resumption (reuse; refusal of a run made under another config) and a
+each run's metrics.json (PCA of FF-256 included), resumption (reuse; refusal of a run made under another config) and a
 bad ``--ff-dims``."""
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ def test_align_grid_small_resumed_and_stale_runs_refused(tmp_path):
         for m in ra.DIMS:
             want[("MRL", task, metric, m)] = metrics["mrl"][f"test/{key}@d{m}"]
             want[(ra.FF_TRUNC, task, metric, m)] = metrics["ff256"][f"test/{key}@d{m}"]
+            pca = metrics["ff256"].get(f"test/{key}@d{m}/pca")
+            if m <= 128:  # PCA of FF-256 fitted on the 128..192 training images: <= that many
+                want[(ra.PCA, task, metric, m)] = pca
+            else:
+                assert pca is None, (key, m)
         want[("FF", task, metric, 8)] = metrics["ff8"][f"test/{key}@d8"]
         want[("FF", task, metric, 256)] = metrics["ff256"][f"test/{key}@d256"]
     assert set(cells) == set(want)
@@ -60,6 +65,9 @@ def test_align_grid_small_resumed_and_stale_runs_refused(tmp_path):
         assert run["method"] == {"mrl": "MRL", "ff8": "FF-8", "ff256": "FF-256"}[name]
     md = (tmp_path / f"{ra.EXPERIMENT}.md").read_text()
     assert "## i2t R@1" in md and "FF (truncated) = the first m dims of FF-256" in md
+    assert "PCA = the top m principal components of FF-256's embeddings" in md
+    assert "| dim | MRL | FF | FF (truncated) | PCA |" in md
+    assert "pca" not in (runs / "mrl_s0" / "metrics.json").read_text()  # FF-256's only
 
     # rerun: every run reused, the CSV unchanged
     before = (tmp_path / f"{ra.EXPERIMENT}.csv").read_text()

@@ -20,6 +20,12 @@ data's ``eval_texts``), ``{stage}/zeroshot_top1@d{m}`` (when the data have class
 and at test ``test/knn_top1@d{m}``, ``test/knn_top5@d{m}`` (image embeddings; database = the
 training images, queries = the test images; data with labels). ``{stage}/i2t_R@1`` is the
 largest prefix's (checkpoint selection). One process only (embeddings are not gathered).
+
+``baselines`` (``objective.baselines``, default ``[truncate]``): at test, every metric again on
+``pca`` or ``random_projection`` prefixes of the same embeddings (:mod:`mrl.eval.baselines`),
+keys suffixed as ``eval.baselines``: ``test/i2t_R@1@d8/pca``. The transform is fitted on the
+**training images' embeddings only** (the kNN database) and applied to images and texts alike,
+so both towers stay in one space.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch
 from mrl.core.dims import parse_dims, parse_weights
 from mrl.core.errors import MRLError
 from mrl.core.validate import integer, number, positive_int
+from mrl.eval.baselines import baseline_transform, check_baselines
 from mrl.eval.image_text import DEFAULT_KS, cross_modal_recall, knn_topk, zero_shot_top1
 from mrl.models.dual_encoder import DualEncoder
 from mrl.objectives.classification import build_backbone
@@ -58,6 +65,7 @@ class ImageTextLitModule(NestedObjective):
         text_lr_scale: the text tower's learning rate is ``optim.lr`` times this (a
             pretrained text tower next to an image tower trained from scratch).
         optim: optimiser and schedule; channels_last: conv weights NHWC.
+        baselines: ``truncate`` plus any of ``pca``, ``random_projection`` (module doc).
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class ImageTextLitModule(NestedObjective):
         text_lr_scale: float = 1.0,
         optim: dict[str, Any] | None = None,
         channels_last: bool = False,
+        baselines: list[str] | tuple[str, ...] = ("truncate",),
     ) -> None:
         super().__init__()
         if efficient:
@@ -124,6 +133,12 @@ class ImageTextLitModule(NestedObjective):
         self.num_classes = None if num_classes is None else int(num_classes)
         self.optim_cfg = optim_settings(optim)
         self.report_metrics = ("i2t_R@1", "t2i_R@1", "zeroshot_top1", "knn_top1")
+        self.baselines = check_baselines(list(baselines), "objective.baselines")
+        if "adaptor" in self.baselines:
+            raise MRLError(
+                "objective.baselines=[adaptor] is not supported by objective=image_text; use "
+                "some of ['truncate', 'pca', 'random_projection']"
+            )
         self._eval: dict[str, list] = {}
 
     # ------------------------------------------------------------------ forward
@@ -207,34 +222,65 @@ class ImageTextLitModule(NestedObjective):
         self, stage: str, x: np.ndarray, group: np.ndarray, label: np.ndarray, dm: Any
     ) -> dict[str, float]:
         """Every metric of a split's image embeddings ``x`` (see the module doc)."""
-        dims, pre = self.eval_dims, f"{stage}/"
         texts, text_group = dm.eval_texts(stage)
         keep = np.isin(text_group, group)  # captions of images seen (limit_*_batches)
         texts = [t for t, k in zip(texts, keep, strict=True) if k]
-        t = self.embed_texts(texts)
-        out = cross_modal_recall(x, t, group, text_group[keep], dims, self.ks, pre)
+        emb = {"image": x, "text": self.embed_texts(texts)}
         labelled = self.num_classes is not None and (label >= 0).all()
         prompts = dm.class_prompts() if hasattr(dm, "class_prompts") else None
         if labelled and prompts is not None:
-            p = self.embed_texts(prompts[0])
-            out.update(zero_shot_top1(x, label, p, prompts[1], self.num_classes, dims, pre))
-        if labelled and stage == "test":
-            train_x, train_y = self.embed_loader(dm.train_eval_dataloader())
-            out.update(
-                knn_topk(
-                    train_x,
-                    train_y,
-                    x,
-                    label,
-                    self.num_classes,
-                    dims,
-                    (1, 5),
-                    self.knn_neighbors,
-                    self.knn_T,
-                    pre,
-                )
+            emb["prompt"] = self.embed_texts(prompts[0])
+        extra = [b for b in self.baselines if b != "truncate"] if stage == "test" else []
+        if stage == "test" and (labelled or extra):
+            emb["train"], train_y = self.embed_loader(dm.train_eval_dataloader())
+        out = {}
+        for b in ["truncate", *extra]:
+            e = emb if b == "truncate" else self._transformed(b, emb)
+            suffix = "" if b == "truncate" else f"/{b}"
+            dims = [m for m in self.eval_dims if m <= e["image"].shape[1]]
+            part = cross_modal_recall(
+                e["image"], e["text"], group, text_group[keep], dims, self.ks, f"{stage}/"
             )
+            if "prompt" in e:
+                part.update(
+                    zero_shot_top1(
+                        e["image"],
+                        label,
+                        e["prompt"],
+                        prompts[1],
+                        self.num_classes,
+                        dims,
+                        f"{stage}/",
+                    )
+                )
+            if labelled and stage == "test":
+                part.update(
+                    knn_topk(
+                        e["train"],
+                        train_y,
+                        e["image"],
+                        label,
+                        self.num_classes,
+                        dims,
+                        (1, 5),
+                        self.knn_neighbors,
+                        self.knn_T,
+                        f"{stage}/",
+                    )
+                )
+            out.update({k + suffix: v for k, v in part.items()})
         return out
+
+    @staticmethod
+    def _transformed(baseline: str, emb: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``emb`` under ``baseline``, fitted on ``emb["train"]`` (the training images) only."""
+        names = [k for k in emb if k != "train"]
+        rows = np.cumsum([0] + [len(emb[k]) for k in names])
+        train, rest = baseline_transform(
+            baseline, emb["train"], np.vstack([emb[k] for k in names]), emb["train"].shape[1]
+        )
+        out = {k: rest[a:b] for k, a, b in zip(names, rows[:-1], rows[1:], strict=True)}
+        return {**out, "train": train}
 
     def _eval_end(self, stage: str) -> None:
         if not self._eval.get("x"):
