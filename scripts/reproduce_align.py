@@ -1,6 +1,6 @@
 """The paper's vision + language (ALIGN) row on a CPU: MRL vs FF dual encoders (#14 item 4).
 
-    python scripts/reproduce_align.py [--out results] [--ff-dims 256] [--seed 0]
+    python scripts/reproduce_align.py [--out results] [--ff-dims 8,256] [--seed 0]
                                       [-- Hydra overrides for every train.py run]
 
 Runs ``train.py experiment=align_fashion_mnist`` (Fashion-MNIST images with class captions, a
@@ -155,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results", help="output folder (run dirs under runs/)")
     p.add_argument(
         "--ff-dims",
-        default=str(DIMS[-1]),
-        help=f"comma-separated k of the FF-k runs (default {DIMS[-1]}: FF at full width)",
+        default=f"{DIMS[0]},{DIMS[-1]}",
+        help=f"comma-separated k of the FF-k runs (default {DIMS[0]},{DIMS[-1]}: the smallest "
+        "prefix and full width)",
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

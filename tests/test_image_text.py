@@ -374,6 +374,8 @@ def test_pca_baseline_is_one_transform_fitted_on_the_training_images(module, fmn
         ImageTextLitModule(*args, in_chans=1, img_size=28, baselines=["truncate", "adaptor"])
     with pytest.raises(MRLError, match="objective.baselines='pcaa' is not a baseline"):
         ImageTextLitModule(*args, in_chans=1, img_size=28, baselines=["pcaa"])
+    with pytest.raises(MRLError, match="objective.baselines='pca' must be a non-empty list"):
+        ImageTextLitModule(*args, in_chans=1, img_size=28, baselines="pca")
 
 
 # ---------------------------------------------------------------------------- end to end

@@ -32,7 +32,7 @@ SMALL = [
 
 @pytest.mark.slow
 def test_align_grid_small_resumed_and_stale_runs_refused(tmp_path):
-    args = [SCRIPT, "--out", str(tmp_path), "--ff-dims", "8,256"]
+    args = [SCRIPT, "--out", str(tmp_path)]  # the default --ff-dims: 8,256
     r = run_cli(*args, "--", *SMALL, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = tmp_path / "runs" / ra.EXPERIMENT

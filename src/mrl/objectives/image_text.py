@@ -133,7 +133,7 @@ class ImageTextLitModule(NestedObjective):
         self.num_classes = None if num_classes is None else int(num_classes)
         self.optim_cfg = optim_settings(optim)
         self.report_metrics = ("i2t_R@1", "t2i_R@1", "zeroshot_top1", "knn_top1")
-        self.baselines = check_baselines(list(baselines), "objective.baselines")
+        self.baselines = check_baselines(baselines, "objective.baselines")
         if "adaptor" in self.baselines:
             raise MRLError(
                 "objective.baselines=[adaptor] is not supported by objective=image_text; use "
