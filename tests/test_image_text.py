@@ -362,6 +362,9 @@ def test_pca_baseline_is_one_transform_fitted_on_the_training_images(module, fmn
     swapped = module._transformed("pca", {**emb, "image": emb["text"], "text": emb["image"]})
     np.testing.assert_allclose(swapped["image"], out["text"], atol=1e-5)
     np.testing.assert_allclose(swapped["train"], out["train"], atol=1e-5)
+    fewer = module._transformed("pca", {**emb, "image": emb["image"][:5], "text": emb["text"][:3]})
+    np.testing.assert_allclose(fewer["train"], out["train"], atol=1e-5)  # test rows: not fitted
+    np.testing.assert_allclose(fewer["image"], out["image"][:5], atol=1e-5)
     var = out["train"].var(axis=0)
     assert np.all(np.diff(var) <= 1e-6) and var[0] > 10 * var[-1]
     np.testing.assert_allclose(out["train"].mean(axis=0), 0.0, atol=1e-4)
