@@ -373,7 +373,10 @@ def test_pca_baseline_is_one_transform_fitted_on_the_training_images(module, fmn
         {"name": "resnet18", "channels": [16, 32, 64, 128], "small_input_stem": False},
         {"name": "minilm", "max_seq_length": 16},
     )
-    with pytest.raises(MRLError, match=r"objective.baselines=\[adaptor\] is not supported"):
+    with pytest.raises(
+        MRLError,
+        match=r"baselines='adaptor' is not a baseline; use some of \['truncate', 'pca', 'random_projection'\]$",
+    ):
         ImageTextLitModule(*args, in_chans=1, img_size=28, baselines=["truncate", "adaptor"])
     with pytest.raises(MRLError, match="objective.baselines='pcaa' is not a baseline"):
         ImageTextLitModule(*args, in_chans=1, img_size=28, baselines=["pcaa"])

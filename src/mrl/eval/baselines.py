@@ -50,14 +50,17 @@ ADAPTOR_OPTIONS: dict[str, Any] = {
 }
 
 
-def check_baselines(values: object, name: str = "eval.baselines") -> list[str]:
-    """A non-empty list of :data:`BASELINES`, duplicates dropped, in the given order."""
+def check_baselines(
+    values: object, name: str = "eval.baselines", allowed: Sequence[str] = BASELINES
+) -> list[str]:
+    """A non-empty list of ``allowed`` (default :data:`BASELINES`), duplicates dropped, in the
+    given order."""
     if isinstance(values, str) or not isinstance(values, Sequence) or not values:
         raise MRLError(f"{name}={values!r} must be a non-empty list, e.g. [truncate,pca,adaptor]")
     out: list[str] = []
     for b in values:
-        if not isinstance(b, str) or b not in BASELINES:
-            raise MRLError(f"{name}={b!r} is not a baseline; use some of {list(BASELINES)}")
+        if not isinstance(b, str) or b not in allowed:
+            raise MRLError(f"{name}={b!r} is not a baseline; use some of {list(allowed)}")
         if b not in out:
             out.append(b)
     return out

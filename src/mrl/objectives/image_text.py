@@ -46,6 +46,9 @@ from mrl.objectives.contrastive import NestedInfoNCE, build_text_encoder, draw_p
 from mrl.objectives.nested import NestedObjective
 from mrl.objectives.optim import make_optimizer, optim_settings, scale_lr, with_schedule
 
+#: ``objective.baselines`` a dual encoder takes (of :mod:`mrl.eval.baselines`; not the adaptor)
+BASELINES = ("truncate", "pca", "random_projection")
+
 
 class ImageTextLitModule(NestedObjective):
     """A dual encoder trained with the nested symmetric InfoNCE loss.
@@ -133,12 +136,7 @@ class ImageTextLitModule(NestedObjective):
         self.num_classes = None if num_classes is None else int(num_classes)
         self.optim_cfg = optim_settings(optim)
         self.report_metrics = ("i2t_R@1", "t2i_R@1", "zeroshot_top1", "knn_top1")
-        self.baselines = check_baselines(baselines, "objective.baselines")
-        if "adaptor" in self.baselines:
-            raise MRLError(
-                "objective.baselines=[adaptor] is not supported by objective=image_text; use "
-                "some of ['truncate', 'pca', 'random_projection']"
-            )
+        self.baselines = check_baselines(baselines, "objective.baselines", BASELINES)
         self._eval: dict[str, list] = {}
 
     # ------------------------------------------------------------------ forward
@@ -222,6 +220,7 @@ class ImageTextLitModule(NestedObjective):
         self, stage: str, x: np.ndarray, group: np.ndarray, label: np.ndarray, dm: Any
     ) -> dict[str, float]:
         """Every metric of a split's image embeddings ``x`` (see the module doc)."""
+        pre = f"{stage}/"
         texts, text_group = dm.eval_texts(stage)
         keep = np.isin(text_group, group)  # captions of images seen (limit_*_batches)
         texts = [t for t, k in zip(texts, keep, strict=True) if k]
@@ -239,7 +238,7 @@ class ImageTextLitModule(NestedObjective):
             suffix = "" if b == "truncate" else f"/{b}"
             dims = [m for m in self.eval_dims if m <= e["image"].shape[1]]
             part = cross_modal_recall(
-                e["image"], e["text"], group, text_group[keep], dims, self.ks, f"{stage}/"
+                e["image"], e["text"], group, text_group[keep], dims, self.ks, pre
             )
             if "prompt" in e:
                 part.update(
@@ -250,7 +249,7 @@ class ImageTextLitModule(NestedObjective):
                         prompts[1],
                         self.num_classes,
                         dims,
-                        f"{stage}/",
+                        pre,
                     )
                 )
             if labelled and stage == "test":
@@ -265,7 +264,7 @@ class ImageTextLitModule(NestedObjective):
                         (1, 5),
                         self.knn_neighbors,
                         self.knn_T,
-                        f"{stage}/",
+                        pre,
                     )
                 )
             out.update({k + suffix: v for k, v in part.items()})
