@@ -1,6 +1,7 @@
 """Shared fixtures; W&B never goes online or prompts in tests."""
 
 import os
+import shutil
 
 import pytest
 from omegaconf import DictConfig
@@ -17,6 +18,24 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
     torch.set_num_threads(1)
+
+
+SHARED = ("trained", "trained.lock")  # trained_run's, shared by every module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_module_disk(request, tmp_path_factory):
+    """Deletes what a module's fixtures wrote under the base temp dir (runs with checkpoints
+    of a few hundred MB each) once the module ends with no failure, so `make test` holds one
+    module's runs per worker on disk, not all of them; a failing module keeps its files."""
+    base = tmp_path_factory.getbasetemp()
+    before = {p.name for p in base.iterdir()}
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for p in base.iterdir():
+            if p.name not in before and p.name not in SHARED:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 @pytest.fixture
