@@ -3,7 +3,9 @@
 A reproduction script reuses a completed run dir only when the command it would run now is the
 one that made it: the same command-line overrides (Hydra's ``.hydra/overrides.yaml``, the run
 dir setting left out) *and* the same composed config (``.hydra/config.yaml``, unresolved), so
-a run made before a config default changed is never taken for a current one.
+a run made before a config default changed is never taken for a current one; nor is an
+evaluation of a checkpoint file (``ckpt_path=<file>``) that was rewritten after it (its
+fine-tune was re-run).
 """
 
 from __future__ import annotations
@@ -50,11 +52,17 @@ def stale_reason(config_name: str, args: list[str], run_dir: str | Path) -> str 
     """Why the completed ``run_dir`` can't stand for ``<config_name> <args>`` today, or None
     if it can (also when it holds no Hydra record to compare): ``"was made by other overrides
     (...)"`` (another budget, seed or extra overrides) or ``"was made with another
-    configuration: <key> (<then> then, <now> now)..."`` (same overrides, a default changed)."""
+    configuration: <key> (<then> then, <now> now)..."`` (same overrides, a default changed) or
+    ``"was evaluated before its checkpoint <file> was rewritten"``."""
     args = [a for a in args if not a.startswith("hydra.run.dir=")]
     made_by = recorded_overrides(run_dir)
     if made_by is not None and made_by != args:
         return f"was made by other overrides ({' '.join(made_by)}), not {' '.join(args)}"
+    ckpt = next((a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")), None)
+    metrics = RunDir(run_dir).metrics
+    if ckpt and Path(ckpt).is_file() and metrics.is_file():
+        if Path(ckpt).stat().st_mtime > metrics.stat().st_mtime:
+            return f"was evaluated before its checkpoint {ckpt} was rewritten"
     made = recorded_config(run_dir)
     if made is None:
         return None
