@@ -20,7 +20,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-SHARED = ("trained", "trained.lock")  # trained_run's, shared by every module
+SHARED = ("trained", "trained.lock")  # trained_run's run dir and lock, shared by every module
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,8 +59,8 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # shared by the workers of one pytest call
-    out = root / "trained" / "run"
-    with FileLock(str(root / "trained.lock")):
+    out = root / SHARED[0] / "run"
+    with FileLock(str(root / SHARED[1])):
         done = out.parent / "returned_metrics.json"  # beside the run dir, not in it
         if not done.exists():
             done.write_text(json.dumps(_train_once(out), default=float))

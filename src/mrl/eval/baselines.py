@@ -56,7 +56,8 @@ def check_baselines(
     """A non-empty list of ``allowed`` (default :data:`BASELINES`), duplicates dropped, in the
     given order."""
     if isinstance(values, str) or not isinstance(values, Sequence) or not values:
-        raise MRLError(f"{name}={values!r} must be a non-empty list, e.g. [truncate,pca,adaptor]")
+        example = ",".join(allowed[:2])
+        raise MRLError(f"{name}={values!r} must be a non-empty list, e.g. [{example}]")
     out: list[str] = []
     for b in values:
         if not isinstance(b, str) or b not in allowed:
