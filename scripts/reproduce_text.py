@@ -449,12 +449,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict] = []
     timing: list[str] = []
+    parent = {j[0]: label for label, js in after.items() for j in js}
     for label, _, _, name in [*jobs, *(j for js in after.values() for j in js)]:
         run_dir = runs / name
         if label in failed:
             timing.append(f"- {label}: **failed** ({failed[label]})")
             continue
-        if not completed(run_dir):
+        if parent.get(label) in failed or not completed(run_dir):
+            # an earlier call's evaluation of a fine-tune that failed in this one is not tabled
             timing.append(f"- {label}: not run (its fine-tune failed)")
             continue
         info = json.loads((run_dir / "run.json").read_text())

@@ -87,6 +87,13 @@ def test_classification_grid_small_and_resumed(tmp_path):
         and "trainer.limit_train_batches=3" in third.stderr
     )
     assert (runs / "classification_mrl_s0/checkpoints/last.ckpt").read_bytes() == mrl_ckpt
+    # the kNN runs of the 2-step fine-tunes are still on disk, but this call's fine-tunes
+    # failed: none of their cells is tabled next to this call's 3-step budget
+    md = (tmp_path / "text_wordnet.md").read_text()
+    assert "- classification/MRL kNN: not run (its fine-tune failed)" in md
+    assert "- classification/FF-384 kNN: not run (its fine-tune failed)" in md
+    methods = {(x["method"], x["metric"]) for x in _rows(tmp_path / "text_wordnet.csv")}
+    assert methods == {("truncate", "kNN top1"), ("PCA", "kNN top1"), ("truncate", "probe top1")}
     # the same overrides, but the run was made when a config default differed (here: as if
     # text_wordnet_cls had no head_lr_scale yet): refused, named, nothing overwritten
     recorded = runs / "classification_mrl_s0/.hydra/config.yaml"
