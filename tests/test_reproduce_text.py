@@ -44,7 +44,7 @@ def test_classification_grid_small_and_resumed(tmp_path):
     assert list(rows[0]) == list(rt.COLUMNS)
     cells = {(x["method"], x["metric"], int(x["dim"])): float(x["value"]) for x in rows}
     mrl, ff = _metrics(runs / "classification_mrl_s0"), _metrics(runs / "classification_ff384_s0")
-    released = _metrics(runs / "classification_released")
+    released = _metrics(runs / "classification_released_s0")
     mrl_knn = _metrics(runs / "classification_mrl_s0_knn")
     ff_knn = _metrics(runs / "classification_ff384_s0_knn")
     want = {}
@@ -171,3 +171,25 @@ def test_bad_arguments_are_one_line(tmp_path, args, says):
     assert r.returncode == 2
     assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_every_run_of_a_seed_tests_on_that_seeds_split(tmp_path, cfg_factory):
+    """The WordNet split is seeded (``data.seed: ${seed}``): with ``--seed 1`` the released
+    model's evaluations and each fine-tune's kNN must compose ``data.seed=1`` like the
+    fine-tunes, else they test on seed 0's synsets (some of them training synsets of seed 1's
+    fine-tunes); each seed's runs have their own dirs."""
+    ff = {t: list(rt.FF_DIMS[t]) for t in rt.EXPERIMENTS}
+    names = {}
+    for seed in (0, 1):
+        jobs, after = rt.jobs_of(list(rt.EXPERIMENTS), ff, seed, rt.STEPS, [], tmp_path)
+        every = [*jobs, *(j for js in after.values() for j in js)]
+        assert {label for label, *_ in every} >= {
+            "retrieval/released",
+            "classification/released",
+            "classification/MRL kNN",
+        }
+        for label, script, args, _ in every:
+            cfg = cfg_factory(*args, name=script.removesuffix(".py"))
+            assert cfg.data.seed == seed, (label, args)
+        names[seed] = {name for *_, name in every}
+    assert not names[0] & names[1]
