@@ -145,6 +145,7 @@ def jobs_of(tasks: list[str], ff_dims: dict, seed: int, steps: dict, extra: list
     run in a fine-tune's slot once it succeeded (the kNN of its encoder)."""
     train, after = [], {}
     seed_arg = [f"seed={seed}"]
+    evaluated = [*seed_arg, *extra]  # the evaluations' split is the fine-tunes' (it is seeded)
     for task in tasks:
         exp = EXPERIMENTS[task]
         budget = [
@@ -161,7 +162,7 @@ def jobs_of(tasks: list[str], ff_dims: dict, seed: int, steps: dict, extra: list
             run = f"{task}_{method.lower().replace('-', '')}_s{seed}"
             train.append((label, "train.py", [f"experiment={exp}", *args, *budget, *extra], run))
             if task == "classification":  # kNN of the fine-tuned encoder, same database
-                knn = knn_args(runs / run / "checkpoints" / "last.ckpt", [*seed_arg, *extra])
+                knn = knn_args(runs / run / "checkpoints" / "last.ckpt", evaluated)
                 after[label] = [(f"{label} kNN", "eval.py", knn, f"{run}_knn")]
     base = []
     if "retrieval" in tasks:
@@ -176,8 +177,7 @@ def jobs_of(tasks: list[str], ff_dims: dict, seed: int, steps: dict, extra: list
                     *TEST,
                     "logger=csv",
                     "eval.baselines=[truncate,pca]",
-                    *seed_arg,
-                    *extra,
+                    *evaluated,
                 ],
                 f"retrieval_released_s{seed}",
             )
@@ -197,8 +197,7 @@ def jobs_of(tasks: list[str], ff_dims: dict, seed: int, steps: dict, extra: list
                     "eval=[knn,probe]",
                     "logger=csv",
                     "eval.baselines=[truncate,pca]",
-                    *seed_arg,
-                    *extra,
+                    *evaluated,
                 ],
                 f"classification_released_s{seed}",
             )
